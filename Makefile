@@ -1,0 +1,38 @@
+# razor: two commands do all the set-up on a fresh machine.
+#   make demo   install, then run the main job on this machine (no cluster needed)
+#   make test   install, then run every test
+# Both are idempotent: the virtual environment is .venv and is rebuilt only when
+# pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.razor-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-local bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[trainer,test]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/razorctl submit --local examples/razorjob-digits-kd.yaml
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-local: install
+	$(PY) -m pytest -m local $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf work_dirs .pytest_cache

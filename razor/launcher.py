@@ -1,0 +1,109 @@
+"""The launcher contract: the environment and command of one node, the same on every backend.
+
+Pure functions of the spec. Each node runs ``python -m razor.node <trainer args>``; razor.node
+waits for MASTER_ADDR, then runs ``torchrun`` once with the node's rank, and torchrun starts the
+built-in trainer or the user's own script (which sees RANK, LOCAL_RANK and WORLD_SIZE as usual).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import format_value
+from .spec import RazorJob, ScaleLR
+
+#: Exit code of a trainer (and of razor.node) that stopped on SIGTERM/SIGUSR2 after saving a
+#: checkpoint: the job should be started again, not counted as failed (EX_TEMPFAIL).
+EXIT_PREEMPTED = 75
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What one node runs: its rank, its environment (the contract plus the spec's env) and argv."""
+
+    rank: int
+    env: dict[str, str]
+    argv: list[str] = field(default_factory=list)
+
+
+def trainer_args(job: RazorJob) -> list[str]:
+    """What torchrun starts on every process: the user's script, or the built-in trainer."""
+    spec = job.spec
+    if spec.script:
+        return [spec.script, *spec.args]
+    args = ["-m", "razor_trainer", str(spec.config), "--launcher", "pytorch",
+            "--work-dir", str(spec.work_dir), "--resume", spec.resume]
+    scale = spec.auto_scale_lr
+    if scale is False:
+        args.append("--no-auto-scale-lr")
+    elif isinstance(scale, ScaleLR):
+        if scale.base_gpus is not None:
+            args += ["--base-gpus", str(scale.base_gpus)]
+        else:
+            args += ["--base-batch-size", str(scale.base_batch_size)]
+    if spec.cfg_options:
+        args.append("--cfg-options")
+        args += [f"{key}={format_value(value)}" for key, value in spec.cfg_options.items()]
+    return args
+
+
+def fixed_port(job: RazorJob, config: dict[str, Any] | None = None) -> int | None:
+    """The port the job asks for, or None when razor may choose ('auto').
+
+    Order: ``spec.port`` when given, then ``cfgOptions: {dist_params.port: N}`` (the seed's
+    Option 2), then ``dist_params.port`` in the config file (Option 1), then 29500.
+    """
+    spec = job.spec
+    if "port" in spec.model_fields_set:
+        return None if spec.port == "auto" else int(spec.port)
+    if spec.cfg_options.get("dist_params.port") is not None:
+        return int(spec.cfg_options["dist_params.port"])
+    if config is not None:
+        from .config import config_port
+
+        port = config_port(config)
+        if port is not None:
+            return port
+    return None if spec.port == "auto" else int(spec.port)
+
+
+def node_env(job: RazorJob, rank: int, master_addr: str, master_port: int | str,
+             attempt: int = 1) -> dict[str, str]:
+    """The launcher contract for node ``rank``, followed by the spec's own env."""
+    spec = job.spec
+    nnodes, nproc = str(spec.nnodes), str(spec.nproc_per_node)
+    env = {
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "NNODES": nnodes,
+        "NODE_RANK": str(rank),
+        "NPROC_PER_NODE": nproc,
+        "GPUS_PER_NODE": str(spec.gpus_per_node),
+        "PET_NNODES": nnodes,
+        "PET_NODE_RANK": str(rank),
+        "PET_NPROC_PER_NODE": nproc,
+        "PET_MASTER_ADDR": master_addr,
+        "PET_MASTER_PORT": str(master_port),
+        "RAZOR_JOB_NAME": job.name,
+        "RAZOR_WORK_DIR": str(spec.work_dir),
+        "RAZOR_ATTEMPT": str(attempt),
+        "RAZOR_MASTER_ADDR_TIMEOUT": str(spec.master_addr_timeout_seconds),
+    }
+    if spec.gpus_per_node == 0:
+        env["CUDA_VISIBLE_DEVICES"] = "-1"  # the seed's way to train on CPU
+    env.update(spec.env)
+    return env
+
+
+def node_argv(job: RazorJob, python: str = "python") -> list[str]:
+    return [python, "-m", "razor.node", *trainer_args(job)]
+
+
+def node_launches(job: RazorJob, master_addr: str, master_port: int | str, attempt: int = 1,
+                  python: str = "python") -> list[NodeLaunch]:
+    argv = node_argv(job, python)
+    return [
+        NodeLaunch(rank, node_env(job, rank, master_addr, master_port, attempt), argv)
+        for rank in range(job.spec.nnodes)
+    ]

@@ -1,0 +1,149 @@
+"""One training node: ``python -m razor.node [--] <what torchrun runs>``.
+
+Reads the launcher contract from the environment, waits (bounded) until MASTER_ADDR resolves
+on non-master nodes, then runs torchrun exactly once. SIGTERM, SIGUSR2 and SIGINT are passed
+to the training processes themselves, so that they save a checkpoint before they exit; the
+node then exits with 75 (preempted: start again) rather than as a failure.
+
+Standard library only: this runs before anything heavy is imported, on every backend.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+EXIT_PREEMPTED = 75
+EXIT_USAGE = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+def log(message: str) -> None:
+    print(f"razor-node: {message}", file=sys.stderr, flush=True)
+
+
+def contract(environ: dict[str, str]) -> dict[str, str]:
+    """The node's settings from the contract's variables (torchrun's PET_* forms as fallback)."""
+    out: dict[str, str] = {}
+    missing = []
+    for name in ("NNODES", "NODE_RANK", "NPROC_PER_NODE", "MASTER_ADDR", "MASTER_PORT"):
+        value = environ.get(name) or environ.get(f"PET_{name}")
+        if name == "NODE_RANK" and not value:
+            value = environ.get("SLURM_NODEID")
+        if not value:
+            missing.append(name)
+        else:
+            out[name] = value
+    if missing:
+        raise SystemExit(f"razor-node: the launcher contract is incomplete: {', '.join(missing)} not set")
+    for name in ("NNODES", "NODE_RANK", "NPROC_PER_NODE", "MASTER_PORT"):
+        if not out[name].isdigit():
+            raise SystemExit(f"razor-node: {name}={out[name]!r} is not a whole number")
+    if int(out["NODE_RANK"]) >= int(out["NNODES"]):
+        raise SystemExit(f"razor-node: NODE_RANK {out['NODE_RANK']} is not below NNODES {out['NNODES']}")
+    return out
+
+
+def wait_for_master(addr: str, timeout: float, interval: float = 1.0) -> None:
+    """Wait until ``addr`` resolves (a master pod's DNS record appears late); bounded."""
+    start = time.monotonic()
+    next_note = start
+    while True:
+        try:
+            socket.getaddrinfo(addr, None)
+            return
+        except socket.gaierror as exc:
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                raise SystemExit(
+                    f"razor-node: MASTER_ADDR {addr!r} did not resolve within {timeout:g}s "
+                    f"({exc.strerror}); is the master node running and its DNS name right?"
+                )
+            if time.monotonic() >= next_note:
+                log(f"waiting for MASTER_ADDR {addr} to resolve ({waited:.0f}s of {timeout:g}s)")
+                next_note += 10
+            time.sleep(interval)
+
+
+def torchrun_command(settings: dict[str, str], args: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={settings['NNODES']}",
+        f"--node-rank={settings['NODE_RANK']}",
+        f"--nproc-per-node={settings['NPROC_PER_NODE']}",
+        f"--master-addr={settings['MASTER_ADDR']}",
+        f"--master-port={settings['MASTER_PORT']}",
+        *args,
+    ]
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                kids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def run(args: list[str], environ: dict[str, str] | None = None) -> int:
+    environ = dict(os.environ if environ is None else environ)
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        log("usage: python -m razor.node [--] (-m MODULE | SCRIPT) [ARGS...]")
+        return EXIT_USAGE
+    settings = contract(environ)
+    if settings["NODE_RANK"] != "0":
+        timeout = float(environ.get("RAZOR_MASTER_ADDR_TIMEOUT", "300"))
+        wait_for_master(settings["MASTER_ADDR"], timeout)
+    # The contract's forms for torchrun and for the trainer, whichever the caller set.
+    for name, value in settings.items():
+        environ[name] = value
+        environ[f"PET_{name}"] = value
+    proc = subprocess.Popen(torchrun_command(settings, args), env=environ, start_new_session=True)
+    stopping: dict[str, float] = {}
+
+    def forward(signum: int, _frame: object) -> None:
+        workers = _children(proc.pid)
+        if not stopping:
+            stopping["since"] = time.monotonic()
+            log(f"got {signal.Signals(signum).name}: asking {len(workers)} training process(es) "
+                "to save a checkpoint and stop")
+        for pid in workers or [proc.pid]:
+            try:
+                os.kill(pid, signum if signum != signal.SIGINT else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
+    grace = float(environ.get("RAZOR_STOP_GRACE", "120"))
+    while True:
+        try:
+            code = proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping["since"] > grace:
+                log(f"training processes still running {grace:g}s after the stop signal; killing them")
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    if stopping and code != 0:
+        return EXIT_PREEMPTED
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""The RazorJob spec: one typed model, the single source of truth for every backend.
+
+Everything that reads a RazorJob (razorctl, the local supervisor, the operator, the SLURM
+bridge, the CRD generator) goes through :func:`parse_job`. Defaults are filled here and only
+here; validation collects every error, each naming the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "razor.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "RazorJob"
+
+DEFAULT_PORT = 29500
+DEFAULT_IMAGE = "razor-trainer:0.1.0"
+#: The learning rates in configs are for 8 GPUs, as the seed says.
+DEFAULT_BASE_GPUS = 8
+
+# A job name becomes a Service name (DNS-1035 label) and pod names "<name>-<rank>" (<= 63).
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+NAME_MAX = 50
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CFG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+SLURM_TIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$|^(UNLIMITED|INFINITE)$")
+SLURM_WORD_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+#: Variables of the launcher contract: razor sets them, a spec may not.
+CONTRACT_ENV = frozenset(
+    {
+        "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "GPUS_PER_NODE",
+        "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT",
+        "RAZOR_JOB_NAME", "RAZOR_WORK_DIR", "RAZOR_ATTEMPT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+    }
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 32 and c != "\t" for c in value):
+        raise ValueError("must not contain newlines or control characters")
+    return value
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Job name: pods are <name>-<rank>, the Service is <name>.")
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if len(v) > NAME_MAX:
+            raise ValueError(f"must be at most {NAME_MAX} characters (got {len(v)})")
+        if not NAME_RE.match(v):
+            raise ValueError(
+                "must be lower-case letters, digits and '-', start with a letter and end with "
+                "a letter or digit (it becomes a DNS name)"
+            )
+        return v
+
+
+class ScaleLR(_Model):
+    """Learning-rate scaling against a base: ``new_lr = old_lr * total_batch / base_batch``."""
+
+    base_gpus: int | None = Field(None, ge=1, description="Number of GPUs the config's lr is for.")
+    base_batch_size: int | None = Field(None, ge=1, description="Total batch the config's lr is for.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "ScaleLR":
+        if (self.base_gpus is None) == (self.base_batch_size is None):
+            raise ValueError("give exactly one of baseGPUs or baseBatchSize")
+        return self
+
+
+class Resources(_Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+    shm_size: str | None = Field(None, description="Size of the memory-backed /dev/shm, e.g. 8Gi.")
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _quantities(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            out = {}
+            for key, q in v.items():
+                q = str(q) if isinstance(q, (int, float)) and not isinstance(q, bool) else q
+                if not isinstance(q, str) or not QUANTITY_RE.match(q):
+                    raise ValueError(f"{key}: {q!r} is not a quantity such as 4, 500m or 16Gi")
+                out[key] = q
+            return out
+        return v
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm(cls, v: str | None) -> str | None:
+        if v is not None and not QUANTITY_RE.match(v):
+            raise ValueError(f"{v!r} is not a quantity such as 8Gi")
+        return v
+
+
+class Slurm(_Model):
+    partition: str | None = None
+    job_name: str | None = Field(None, description="Defaults to metadata.name.")
+    cpus_per_task: int | None = Field(None, ge=1, le=1024)
+    time: str | None = Field(None, description="Time limit: MM, HH:MM:SS or D-HH:MM:SS.")
+    account: str | None = None
+    qos: str | None = None
+    srun_args: list[str] = Field(default_factory=list)
+    gres: bool = Field(False, description="Request GPUs with --gres=gpu:N instead of --gpus-per-node.")
+
+    @field_validator("partition", "account", "qos", "job_name")
+    @classmethod
+    def _word(cls, v: str | None) -> str | None:
+        if v is not None and not SLURM_WORD_RE.match(v):
+            raise ValueError(f"{v!r} may only contain letters, digits and . _ + -")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str | None) -> str | None:
+        if v is not None and not SLURM_TIME_RE.match(v):
+            raise ValueError(f"{v!r} is not a SLURM time limit such as 30, 04:00:00 or 1-12:00:00")
+        return v
+
+    @field_validator("srun_args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            _no_control_chars(arg)
+        return v
+
+
+class RazorJobSpec(_Model):
+    config: str | None = Field(None, description="Trainer config file (YAML), relative to the working directory.")
+    nnodes: int = Field(1, ge=1, le=4096, description="Number of nodes (one torchrun each).")
+    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs per node; 0 trains on CPU (gloo).")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=256, description="Processes per node; defaults to gpusPerNode, or 1 on CPU."
+    )
+    port: Union[int, Literal["auto"]] = Field(
+        DEFAULT_PORT, description="Rendezvous port (MASTER_PORT), or 'auto' to pick a free one."
+    )
+    work_dir: str | None = Field(None, description="Defaults to work_dirs/<config file stem>.")
+    cfg_options: dict[str, Any] = Field(default_factory=dict, description="Config overrides, key.path: value.")
+    auto_scale_lr: Union[bool, ScaleLR] = Field(
+        True, alias="autoScaleLR", description="Scale the lr by total batch against a base of 8 GPUs."
+    )
+    resume: str = Field("auto", description="'auto' (last checkpoint in the work dir), 'never', or a checkpoint path.")
+    script: str | None = Field(None, description="A user's own script that torchrun runs instead of the trainer.")
+    args: list[str] = Field(default_factory=list, description="Arguments for script.")
+    image: str = Field(DEFAULT_IMAGE, description="Container image (Kubernetes).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    resources: Resources = Field(default_factory=Resources)
+    master_addr_timeout_seconds: int = Field(
+        300, ge=0, le=86400, description="How long a non-master node waits for MASTER_ADDR to resolve."
+    )
+    slurm: Slurm = Field(default_factory=Slurm)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1024 <= v <= 65535:
+            raise ValueError(f"must be between 1024 and 65535, or 'auto' (got {v})")
+        return v
+
+    @field_validator("config", "work_dir", "script")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return _no_control_chars(v)
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            _no_control_chars(arg)
+        return v
+
+    @field_validator("resume")
+    @classmethod
+    def _resume(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'auto', 'never' or a checkpoint path")
+        return _no_control_chars(v)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not an image reference")
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, value in v.items():
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name in CONTRACT_ENV:
+                raise ValueError(f"{name} is set by razor (the launcher contract) and cannot be overridden")
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                value = str(value)
+            if not isinstance(value, str):
+                raise ValueError(f"{name}: value must be a string, number or boolean")
+            if "\x00" in value:
+                raise ValueError(f"{name}: value must not contain NUL")
+            out[name] = value
+        return out
+
+    @field_validator("cfg_options")
+    @classmethod
+    def _cfg(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not CFG_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a config key such as optimizer.lr")
+            _check_cfg_value(key, value)
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_and_cross_checks(self) -> "RazorJobSpec":
+        if self.config is None and self.script is None:
+            raise ValueError("give config (the built-in trainer) or script (your own)")
+        if self.args and self.script is None:
+            raise ValueError("args is only for script; use cfgOptions to change the trainer's config")
+        if self.gpus_per_node and self.nproc_per_node and self.nproc_per_node > self.gpus_per_node:
+            raise ValueError(
+                f"nprocPerNode ({self.nproc_per_node}) cannot exceed gpusPerNode "
+                f"({self.gpus_per_node}): one process per GPU"
+            )
+        cfg_port = self.cfg_options.get("dist_params.port")
+        if cfg_port is not None:
+            if not isinstance(cfg_port, int) or isinstance(cfg_port, bool) or not 1024 <= cfg_port <= 65535:
+                raise ValueError(f"cfgOptions dist_params.port must be a port number (got {cfg_port!r})")
+            if "port" in self.model_fields_set and self.port != cfg_port:
+                raise ValueError(
+                    f"port ({self.port}) and cfgOptions dist_params.port ({cfg_port}) disagree; give one"
+                )
+        # Derived defaults, filled in this one place.
+        if self.nproc_per_node is None:
+            self.nproc_per_node = self.gpus_per_node or 1
+        if self.work_dir is None:
+            stem = PurePosixPath(self.config or self.script or "job").stem
+            self.work_dir = f"work_dirs/{stem}"
+        return self
+
+
+def _check_cfg_value(key: str, value: Any, depth: int = 0) -> None:
+    if depth > 8:
+        raise ValueError(f"{key}: value is nested too deeply")
+    if value is None or isinstance(value, (bool, int, float)):
+        return
+    if isinstance(value, str):
+        _no_control_chars(value)
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_cfg_value(key, item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{key}: keys must be strings")
+            _check_cfg_value(key, item, depth + 1)
+        return
+    raise ValueError(f"{key}: {type(value).__name__} values are not allowed")
+
+
+class RazorJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["razor.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["RazorJob"] = KIND
+    metadata: Metadata
+    spec: RazorJobSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as a Kubernetes object, with every default filled in."""
+        doc = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        doc.pop("status", None)
+        return doc
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class FieldError(tuple):
+    """(path, message); path is dotted, e.g. ``spec.nnodes``."""
+
+    __slots__ = ()
+
+    def __new__(cls, path: str, message: str) -> "FieldError":
+        return super().__new__(cls, (path, message))
+
+    @property
+    def path(self) -> str:
+        return self[0]
+
+    @property
+    def message(self) -> str:
+        return self[1]
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """A RazorJob that cannot be used; ``errors`` holds every problem found."""
+
+    def __init__(self, source: str, errors: list[FieldError]):
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  {e}" for e in errors)
+        super().__init__(f"{source} is not a valid RazorJob:\n{lines}")
+
+
+_FRIENDLY = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def _known_fields(model: type[BaseModel]) -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(field.alias or name)
+    return names
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model class whose field list applies at ``loc`` (for 'did you mean')."""
+    model: type[BaseModel] | None = RazorJob
+    for part in loc:
+        if model is None:
+            return None
+        match = None
+        for name, field in model.model_fields.items():
+            if part in (name, field.alias):
+                match = field
+                break
+        if match is None:
+            return None
+        ann = match.annotation
+        model = None
+        for cand in (Metadata, RazorJobSpec, Resources, Slurm, ScaleLR):
+            if ann is cand or cand in getattr(ann, "__args__", ()):
+                model = cand
+    return model
+
+
+def _convert(err: dict, doc: Any) -> FieldError:
+    # pydantic adds union member tags ('int', 'literal[...]', 'ScaleLR', 'function-after[...]')
+    loc = tuple(
+        p for p in err["loc"]
+        if not (isinstance(p, str) and (p in ("int", "bool", "str") or "[" in p or p == "ScaleLR"))
+    )
+    path = ".".join(str(p) for p in loc)
+    etype = err["type"]
+    msg = err["msg"]
+    if etype == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        msg = "is not a known field"
+        if parent is not None:
+            close = difflib.get_close_matches(str(loc[-1]), _known_fields(parent), n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+    elif etype in _FRIENDLY:
+        msg = _FRIENDLY[etype]
+    elif etype == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif etype == "literal_error":
+        msg = msg.replace("Input should be", "must be")
+    elif etype.startswith(("greater_than", "less_than")):
+        msg = msg.replace("Input should be", "must be")
+    if "input" in err and etype not in ("missing", "extra_forbidden", "value_error") and not isinstance(
+        err["input"], (dict, list)
+    ):
+        msg += f" (got {err['input']!r})"
+    return FieldError(path, msg)
+
+
+def parse_job(doc: Any, source: str = "RazorJob") -> RazorJob:
+    """Validate a parsed RazorJob document; raise SpecError listing every problem."""
+    if not isinstance(doc, dict):
+        got = "nothing" if doc is None else type(doc).__name__
+        raise SpecError(source, [FieldError("", f"expected a RazorJob mapping, got {got}")])
+    errors: list[FieldError] = []
+    if doc.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND} (got {doc.get('kind')!r})"))
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(FieldError("apiVersion", f"must be {API_VERSION} (got {doc.get('apiVersion')!r})"))
+    try:
+        job = RazorJob.model_validate(doc)
+    except ValidationError as exc:
+        seen = {e.path for e in errors}
+        for err in exc.errors():
+            fe = _convert(err, doc)
+            if fe.path not in seen:
+                errors.append(fe)
+                seen.add(fe.path)
+        raise SpecError(source, errors) from None
+    if errors:
+        raise SpecError(source, errors)
+    return job
+
+
+def load_job(path: str | Path) -> RazorJob:
+    """Read and validate a RazorJob YAML file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(source, [FieldError("", "file not found")]) from None
+    except OSError as exc:
+        raise SpecError(source, [FieldError("", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, [FieldError("", "is not UTF-8 text")]) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(source, [FieldError("", f"invalid YAML: {where}{problem}")]) from None
+    if len(docs) != 1:
+        raise SpecError(source, [FieldError("", f"expected one YAML document, found {len(docs)}")])
+    return parse_job(docs[0], source)
