@@ -69,6 +69,25 @@ def wait_for_master(addr: str, timeout: float, interval: float = 1.0) -> None:
             time.sleep(interval)
 
 
+def port_free(port: int) -> bool:
+    """Whether torch's rendezvous store could listen on ``port`` (all interfaces, v4 and v6)."""
+    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((addr, port))
+        except OSError:
+            return False
+        finally:
+            sock.close()
+    return True
+
+
 def torchrun_command(settings: dict[str, str], args: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run",
@@ -100,7 +119,14 @@ def run(args: list[str], environ: dict[str, str] | None = None) -> int:
         log("usage: python -m razor.node [--] (-m MODULE | SCRIPT) [ARGS...]")
         return EXIT_USAGE
     settings = contract(environ)
-    if settings["NODE_RANK"] != "0":
+    if settings["NODE_RANK"] == "0":
+        # The master node's torchrun listens on MASTER_PORT: say so now if it cannot.
+        if not port_free(int(settings["MASTER_PORT"])):
+            raise SystemExit(
+                f"razor-node: MASTER_PORT {settings['MASTER_PORT']} is already in use on this machine "
+                "(another job?); give each job its own port (PORT=... or port: auto)"
+            )
+    else:
         timeout = float(environ.get("RAZOR_MASTER_ADDR_TIMEOUT", "300"))
         wait_for_master(settings["MASTER_ADDR"], timeout)
     # The contract's forms for torchrun and for the trainer, whichever the caller set.

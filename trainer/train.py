@@ -329,6 +329,8 @@ class Trainer:
         self.max_keep = int(ck.get("max_keep", 3))
         self.lr, self.lr_note = scaled_lr(cfg, args, d.world_size)
         self.metrics_path = work_dir / "metrics.jsonl"
+        self.first_step_time: float | None = None
+        self.train_seconds, self.train_samples = 0.0, 0
         self.x_train = self.data.train.x.to(d.device)
         self.y_train = self.data.train.y.to(d.device)
 
@@ -437,7 +439,8 @@ class Trainer:
             sampler.set_epoch(epoch)
             order = torch.tensor(list(sampler), device=self.d.device)
             batches = (len(order) + self.batch - 1) // self.batch
-            loss_sum, seen = 0.0, 0
+            loss_sum = torch.zeros((), device=self.d.device)
+            seen = 0
             first = start_iter if epoch == start_epoch else 0
             for it in range(first, batches):
                 idx = order[it * self.batch:(it + 1) * self.batch]
@@ -447,7 +450,9 @@ class Trainer:
                 st.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 st.optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
+                if self.first_step_time is None:
+                    self.first_step_time = time.time()
+                loss_sum += loss.detach() * len(y)
                 seen += len(y)
                 if self.log_every and (it + 1) % self.log_every == 0:
                     self.info(f"[{st.name}] epoch {epoch + 1}/{st.epochs} iter {it + 1}/{batches} "
@@ -455,14 +460,18 @@ class Trainer:
                 if (it + 1) % self.check_every == 0 and it + 1 < batches:
                     if any_rank(self.d, self.stop.requested):
                         self.preempt(st, epoch, it + 1)
-            train_loss = mean_over_ranks(self.d, loss_sum, seen)
+            train_seconds = time.monotonic() - tic
+            self.train_seconds += train_seconds
+            self.train_samples += seen * self.d.world_size
+            train_loss = mean_over_ranks(self.d, float(loss_sum), seen)
             lr = st.optimizer.param_groups[0]["lr"]
             st.scheduler.step()
             acc = evaluate(st.model, self.data.val, self.d.device)
             done = epoch + 1
             seconds = time.monotonic() - tic
             self.record({"stage": st.name, "epoch": done, "loss": round(train_loss, 6), "lr": lr,
-                         "val_acc": round(acc, 6), "seconds": round(seconds, 4)})
+                         "val_acc": round(acc, 6), "seconds": round(seconds, 4),
+                         "train_seconds": round(train_seconds, 4), "samples": seen * self.d.world_size})
             stop = any_rank(self.d, self.stop.requested)
             saved = ""
             if stop or done % self.ckpt_interval == 0 or done == st.epochs:
@@ -522,6 +531,9 @@ class Trainer:
             "world_size": self.d.world_size,
             "lr": self.lr,
             "weights_digests": digests,
+            "first_step_time": self.first_step_time,
+            "train_samples_per_second": (round(self.train_samples / self.train_seconds, 1)
+                                         if self.train_seconds else None),
             "checkpoint": str(self.work_dir / (self.work_dir / ckpt.POINTER).read_text().strip())
             if (self.work_dir / ckpt.POINTER).exists() else None,
         })
@@ -604,8 +616,9 @@ def main(argv: list[str] | None = None) -> int:
                      if "teacher_accuracy" in summary else "")
             print(f"razor: done. {who} accuracy {summary['accuracy']:.4f} on "
                   f"{summary['val_samples']} held-out samples{extra}", flush=True)
-            print(f"razor: weights identical on all {d.world_size} ranks "
-                  f"(sha256 {summary['weights_digests'][0]})", flush=True)
+            if d.world_size > 1:
+                print(f"razor: weights identical on all {d.world_size} ranks "
+                      f"(sha256 {summary['weights_digests'][0]})", flush=True)
             print(f"razor: work dir    {work_dir}", flush=True)
             print(f"razor: checkpoint  {summary['checkpoint']} (named in {work_dir / ckpt.POINTER})",
                   flush=True)

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from ..config import ConfigError, apply_options, load_config
 from ..launcher import EXIT_PREEMPTED, NodeLaunch, fixed_port, node_launches
+from ..node import port_free
 from ..spec import FieldError, RazorJob, SpecError
 
 MASTER_ADDR = "127.0.0.1"
@@ -77,25 +78,6 @@ def check(job: RazorJob, cwd: Path, source: str = "RazorJob") -> dict[str, Any] 
     if errors:
         raise SpecError(source, errors)
     return config
-
-
-def port_free(port: int) -> bool:
-    """Whether torch's rendezvous store could listen on ``port`` (all interfaces, v4 and v6)."""
-    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((addr, port))
-        except OSError:
-            return False
-        finally:
-            sock.close()
-    return True
 
 
 def free_port() -> int:
