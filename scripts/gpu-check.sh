@@ -9,6 +9,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
+# Not pip-installed there: make the trainer importable as razor_trainer straight from trainer/.
+mkdir -p /tmp/site && ln -sfn "$PWD/trainer" /tmp/site/razor_trainer
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 fail=0
 step() { echo "=== $*"; }
