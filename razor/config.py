@@ -83,6 +83,11 @@ def parse_value(text: str) -> Any:
         return True
     if text in ("False", "false"):
         return False
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            return str(yaml.safe_load(text))  # a quoted string stays one string
+        except yaml.YAMLError:
+            return text[1:-1]
     if text.startswith("(") and text.endswith(")"):
         inner = text[1:-1].strip()
         return [parse_value(p) for p in _split_top_level(inner)] if inner else []
@@ -91,6 +96,11 @@ def parse_value(text: str) -> Any:
         return [parse_value(p) for p in _split_top_level(inner)] if inner else []
     if not text.startswith("{") and len(_split_top_level(text)) > 1:
         return [parse_value(p) for p in _split_top_level(text)]
+    for number in (int, float):  # before YAML, which reads 1e-3 as a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -88,7 +88,8 @@ class Metadata(BaseModel):
 class ScaleLR(_Model):
     """Learning-rate scaling against a base: ``new_lr = old_lr * total_batch / base_batch``."""
 
-    base_gpus: int | None = Field(None, ge=1, description="Number of GPUs the config's lr is for.")
+    base_gpus: int | None = Field(None, ge=1, alias="baseGPUs",
+                                  description="Number of GPUs the config's lr is for.")
     base_batch_size: int | None = Field(None, ge=1, description="Total batch the config's lr is for.")
 
     @model_validator(mode="after")
@@ -163,7 +164,7 @@ class RazorJobSpec(_Model):
     nproc_per_node: int | None = Field(
         None, ge=1, le=256, description="Processes per node; defaults to gpusPerNode, or 1 on CPU."
     )
-    port: Union[int, Literal["auto"]] = Field(
+    port: Union[int, Literal["auto"]] = Field(  # checked by _port before pydantic's own
         DEFAULT_PORT, description="Rendezvous port (MASTER_PORT), or 'auto' to pick a free one."
     )
     work_dir: str | None = Field(None, description="Defaults to work_dirs/<config file stem>.")
@@ -182,10 +183,16 @@ class RazorJobSpec(_Model):
     )
     slurm: Slurm = Field(default_factory=Slurm)
 
-    @field_validator("port")
+    @field_validator("port", mode="before")
     @classmethod
-    def _port(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1024 <= v <= 65535:
+    def _port(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"must be a port number or 'auto' (got {v!r})")
+        if not 1024 <= v <= 65535:
             raise ValueError(f"must be between 1024 and 65535, or 'auto' (got {v})")
         return v
 
@@ -442,6 +449,8 @@ def parse_job(doc: Any, source: str = "RazorJob") -> RazorJob:
     except ValidationError as exc:
         seen = {e.path for e in errors}
         for err in exc.errors():
+            if "bool" in err["loc"] and isinstance(err.get("input"), dict):
+                continue  # a mapping given for a bool-or-mapping field: the mapping's errors count
             fe = _convert(err, doc)
             if fe.path not in seen:
                 errors.append(fe)

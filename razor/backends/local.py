@@ -168,6 +168,7 @@ class Supervisor:
         self.procs: list[subprocess.Popen] = []
         self.lock = threading.Lock()
         self.stop_reason: str | None = None
+        self.first_failure: tuple[int, int] | None = None  # (rank, exit code): the root cause
 
     def say(self, msg: str) -> None:
         with self.lock:
@@ -246,6 +247,7 @@ class Supervisor:
             bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
             if bad and failed_at is None and self.stop_reason is None:
                 rank, code = bad[0]
+                self.first_failure = (rank, code if code >= 0 else 128 - code)
                 failed_at = time.monotonic()
                 self.say(f"node {rank} exited with code {code}; stopping the other nodes")
                 self._terminate()
@@ -268,7 +270,7 @@ class Supervisor:
             self.say(f"job {name} stopped ({self.stop_reason}) after {took:.1f}s; submit it again "
                      "to resume from its last checkpoint")
             return EXIT_PREEMPTED if all(c in (0, EXIT_PREEMPTED) for c in codes) else 130
-        first = next((r, c) for r, c in enumerate(codes) if c != 0)
+        first = self.first_failure or next((r, c) for r, c in enumerate(codes) if c != 0)
         self.say(f"job {name} failed after {took:.1f}s: node {first[0]} exited with code {first[1]}")
         return first[1] or 1
 

@@ -1,0 +1,54 @@
+"""Shared helpers: the repository's paths and a way to write RazorJob files and run razorctl."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "trainer" / "configs"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def job_doc(name: str = "t", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "razor.dev/v1alpha1", "kind": "RazorJob",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def write_job(path: Path, name: str = "t", **spec: Any) -> Path:
+    path.write_text(yaml.safe_dump(job_doc(name, **spec), sort_keys=False))
+    return path
+
+
+def env_for_tests() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def razorctl(*args: str, cwd: Path, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+    """Run razorctl as a user would, from the project's environment."""
+    return subprocess.run([sys.executable, "-m", "razor.cli", *args], cwd=cwd, env=env_for_tests(),
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def razorctl_popen(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "razor.cli", *args], cwd=cwd, env=env_for_tests(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def kd_config() -> str:
+    return str(CONFIGS / "digits_kd.yaml")
+
+
+@pytest.fixture
+def mlp_config() -> str:
+    return str(CONFIGS / "digits_mlp.yaml")

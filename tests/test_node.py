@@ -1,0 +1,58 @@
+"""razor.node: the contract is checked, a master that never resolves is waited for, boundedly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from razor import node
+
+BASE = {"NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500"}
+
+
+def test_contract_reads_plain_or_pet_forms_and_slurm_rank():
+    assert node.contract(BASE)["NODE_RANK"] == "1"
+    pet = {f"PET_{k}": v for k, v in BASE.items()}
+    assert node.contract(pet) == BASE
+    slurm = {**BASE, "NODE_RANK": "", "SLURM_NODEID": "1"}
+    assert node.contract(slurm)["NODE_RANK"] == "1"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"NNODES": "2"}, "NODE_RANK, NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT not set"),
+    ({**BASE, "NODE_RANK": "2"}, "NODE_RANK 2 is not below NNODES 2"),
+    ({**BASE, "MASTER_PORT": "http"}, "MASTER_PORT='http' is not a whole number"),
+])
+def test_incomplete_contract_is_refused(env, message):
+    with pytest.raises(SystemExit, match=message):
+        node.contract(env)
+
+
+def test_master_that_never_resolves_is_a_clear_bounded_error():
+    start = time.monotonic()
+    with pytest.raises(SystemExit, match="MASTER_ADDR 'razor-test-0.nowhere.invalid' did not resolve within 1s"):
+        node.wait_for_master("razor-test-0.nowhere.invalid", timeout=1.0, interval=0.2)
+    assert time.monotonic() - start < 30
+
+
+def test_master_port_in_use_is_said_before_torchrun_starts():
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        env = {**BASE, "NNODES": "1", "NODE_RANK": "0", "MASTER_PORT": str(port), "PATH": "/usr/bin:/bin"}
+        res = subprocess.run([sys.executable, "-m", "razor.node", "train.py"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert f"MASTER_PORT {port} is already in use on this machine" in res.stderr
+
+
+def test_no_command_is_a_usage_error():
+    res = subprocess.run([sys.executable, "-m", "razor.node"], env=BASE, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "usage: python -m razor.node" in res.stderr
