@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,14 @@ def test_examples_are_valid():
     assert examples
     for path in examples:
         load_job(path)
+
+
+def test_docs_describe_every_field():
+    from razor.spec import Metadata, RazorJobSpec, Resources, ScaleLR, Slurm
+
+    doc = (ROOT / "docs" / "spec.md").read_text()
+    for model, prefix in ((Metadata, ""), (RazorJobSpec, ""), (Resources, "resources."),
+                          (Slurm, "slurm."), (ScaleLR, "")):
+        for name, field in model.model_fields.items():
+            alias = field.alias or name
+            assert re.search(rf"[`{{]{re.escape(prefix + alias)}[`.:]", doc), f"{prefix}{alias}"
