@@ -81,3 +81,18 @@ def test_dist_train_usage(tmp_path: Path):
     assert res.returncode == 2 and "usage: sh tools/dist_train.sh CONFIG GPUS" in res.stderr
     res = run(["sh", str(ROOT / "tools" / "dist_train.sh"), MLP, "four"], cwd=tmp_path)
     assert res.returncode == 2 and "GPUS must be a whole number" in res.stderr
+
+
+def test_launcher_slurm_reads_slurms_variables(tmp_path: Path):
+    # MMRazor-style --launcher slurm: one srun task per process, ranks from SLURM_PROCID/NTASKS.
+    res = run([sys.executable, str(ROOT / "tools" / "train.py"), MLP, "--launcher", "slurm",
+               "--work-dir", str(tmp_path / "wd"), "--cfg-options", "schedule.epochs=1",
+               f"dist_params.port={free_port()}"],
+              cwd=tmp_path, SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0",
+              MASTER_ADDR="127.0.0.1", CUDA_VISIBLE_DEVICES="-1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "on 1 process(es), cpu (gloo)" in res.stdout
+    res = run([sys.executable, str(ROOT / "tools" / "train.py"), MLP, "--launcher", "slurm"],
+              cwd=tmp_path, SLURM_PROCID="0", SLURM_NTASKS="1", CUDA_VISIBLE_DEVICES="-1")
+    assert res.returncode == 2
+    assert "--launcher slurm outside torchrun needs MASTER_ADDR or SLURM_JOB_NODELIST" in res.stderr

@@ -138,6 +138,8 @@ def init_dist(launcher: str | None, cfg: dict[str, Any]) -> Dist:
         os.environ.setdefault("WORLD_SIZE", os.environ["SLURM_NTASKS"])
         os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
         os.environ.setdefault("MASTER_PORT", str((cfg.get("dist_params") or {}).get("port") or 29500))
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = first_slurm_host(os.environ.get("SLURM_JOB_NODELIST", ""))
     elif not in_torchrun:
         raise ConfigError("--launcher pytorch needs torchrun's RANK and WORLD_SIZE; start it with torchrun")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -156,6 +158,22 @@ def init_dist(launcher: str | None, cfg: dict[str, Any]) -> Dist:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout),
                             **({"device_id": device} if use_cuda else {}))
     return Dist(rank, local_rank, world, device, backend)
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``node[01-04],gpu7`` -> ``node01``), via scontrol."""
+    import subprocess
+
+    if not nodelist:
+        raise ConfigError("--launcher slurm outside torchrun needs MASTER_ADDR or SLURM_JOB_NODELIST")
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"cannot expand SLURM_JOB_NODELIST {nodelist!r} with scontrol: {exc}") from None
+    if not out:
+        raise ConfigError(f"SLURM_JOB_NODELIST {nodelist!r} names no host")
+    return out[0]
 
 
 def any_rank(d: Dist, flag: bool) -> bool:
