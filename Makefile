@@ -32,7 +32,7 @@ test-local: install
 	$(PY) -m pytest -m local $(PYTEST_ARGS)
 
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --write
 
 clean:
 	rm -rf work_dirs .pytest_cache

@@ -14,7 +14,7 @@ spent in the epochs' training iterations, timed the same way on both sides:
 
 The sides alternate (trainer, baseline, ...); the report gives medians and trainer/baseline.
 
-    .venv/bin/python benchmarks/throughput.py [--repeat 3] [--epochs 10] [--hidden 512,512]
+    .venv/bin/python benchmarks/throughput.py [--repeat 3] [--epochs 20] [--hidden 512,512]
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from common import CONFIG, HOST, PYTHON, BenchError, free_port, median, run_boun
 
 TARGET = 0.95  # trainer/baseline, at least
 NPROC = 2
+#: Long enough that the timed part (a few seconds) outweighs timer and scheduling noise.
+EPOCHS = 20
 
 
 # ----------------------------------------------------------------------------- the baseline
@@ -165,7 +167,7 @@ def run_baseline(tmp: Path, name: str, hidden: list[int], epochs: int, timeout: 
                           numbers["weights_digest"])
 
 
-def measure(repeat: int = 3, epochs: int = 10, hidden: list[int] | None = None,
+def measure(repeat: int = 3, epochs: int = EPOCHS, hidden: list[int] | None = None,
             timeout: float = 600.0, progress: Callable[[str], None] = print) -> Result:
     result = Result(epochs, hidden or [512, 512])
     with tempfile.TemporaryDirectory(prefix="razor-bench-throughput-") as name:
@@ -207,7 +209,7 @@ def parse_hidden(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3, help="measured pairs (default 3)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs per run (default 10)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs per run (default {EPOCHS})")
     p.add_argument("--hidden", type=parse_hidden, default=[512, 512],
                    help="the MLP's hidden layers, e.g. 512,512 (default)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per run before it is stopped")

@@ -182,6 +182,37 @@ class RazorJobSpec(_Model):
         300, ge=0, le=86400, description="How long a non-master node waits for MASTER_ADDR to resolve."
     )
     slurm: Slurm = Field(default_factory=Slurm)
+    # Kubernetes: the gang, its restarts and its placement.
+    backoff_limit: int = Field(3, ge=0, le=1000, description="Gang restarts after failures before the job fails.")
+    permanent_exit_codes: list[int] = Field(
+        default_factory=lambda: [2, 126, 127],
+        description="Exit codes that fail the job at once, without a restart (2: bad config).",
+    )
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the job after this long.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished job (and its pods) after this long."
+    )
+    suspend: bool = Field(False, description="true deletes the pods and keeps the job; false starts it again.")
+    host_network: bool = Field(
+        False, description="Pods on the host's network (InfiniBand, RDMA); the operator allocates the port."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    service_account_name: str | None = None
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Pod volumes (data, work dir).")
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="Where the volumes go.")
+    working_dir: str | None = Field(None, description="The container's working directory (image default).")
+
+    @field_validator("permanent_exit_codes")
+    @classmethod
+    def _codes(cls, v: list[int]) -> list[int]:
+        for code in v:
+            if not 1 <= code <= 255:
+                raise ValueError(f"exit codes are 1 to 255 (got {code})")
+        return v
 
     @field_validator("port", mode="before")
     @classmethod

@@ -470,7 +470,7 @@ class Trainer:
                 st.optimizer.step()
                 if self.first_step_time is None:
                     self.first_step_time = time.time()
-                loss_sum += loss.detach() * len(y)
+                loss_sum.add_(loss.detach(), alpha=len(y))
                 seen += len(y)
                 if self.log_every and (it + 1) % self.log_every == 0:
                     self.info(f"[{st.name}] epoch {epoch + 1}/{st.epochs} iter {it + 1}/{batches} "

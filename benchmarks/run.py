@@ -1,0 +1,213 @@
+"""Run every benchmark, print the results as markdown, and with --write rewrite docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--write]      (make bench: --write)
+
+--quick takes fewer repetitions (a smoke test; the medians are then rough).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+import launch_overhead
+import throughput
+from common import ROOT, median
+
+DOC = ROOT / "docs" / "benchmarks.md"
+COMMAND = ".venv/bin/python benchmarks/run.py --write"
+
+
+@dataclass(frozen=True)
+class Settings:
+    launch_repeat: int
+    launch_warmup: int
+    throughput_repeat: int
+
+
+FULL = Settings(launch_repeat=5, launch_warmup=1, throughput_repeat=3)
+QUICK = Settings(launch_repeat=2, launch_warmup=1, throughput_repeat=2)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine(load_before: str, load_after: str) -> str:
+    return "\n".join([
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical CPUs (`nproc`), no GPU used",
+        f"- Python {platform.python_version()}, torch {importlib.metadata.version('torch')}, "
+        f"{platform.system()} {platform.release()}",
+        f"- load average (1, 5, 15 min) before the run: {load_before}; after: {load_after} "
+        "(the benchmark's own processes count too; more than about 2 means other work "
+        "shared the cores)",
+    ]) + "\n"
+
+
+def launch_notes(r: launch_overhead.Result) -> str:
+    ours = median([s.first_step for s in r.razorctl])
+    bare = median([s.first_step for s in r.bare])
+    extra_total = median([s.total for s in r.razorctl]) - median([s.total for s in r.bare])
+    worst = max(r.ratio("first_step"), r.ratio("total"))
+    outcome = ("Both ratios are within the target." if worst <= launch_overhead.TARGET
+               else "**The target is missed.**")
+    return (
+        f"{outcome} razorctl adds {ours - bare:.2f} s before the first optimizer step and "
+        f"{extra_total:.2f} s to the whole run. Its fixed cost is one Python start-up of razorctl "
+        f"(importing razor and pydantic, validating the RazorJob, loading the config and checking "
+        f"cfgOptions: `razorctl render --local` alone takes {median(r.render):.2f} s) and one more of "
+        f"`python -m razor.node` before torchrun; the rest of the path (torchrun, the trainer) is the "
+        f"same on both sides. The bare run itself needs {bare:.2f} s to reach its first step, mostly "
+        f"Python start-up: torchrun imports torch, then each worker imports torch, scikit-learn and "
+        f"the trainer, on {os.cpu_count()} shared cores. The ratio is a fixed cost over that "
+        f"start-up, so on a machine that imports torch faster the same overhead is a larger ratio.\n"
+    )
+
+
+def rel_spread(values: list[float]) -> float:
+    """(max - min) / median: how much one side's runs differ from each other."""
+    return (max(values) - min(values)) / median(values)
+
+
+def throughput_notes(r: throughput.Result) -> str:
+    t = [s.samples_per_second for s in r.trainer]
+    b = [s.samples_per_second for s in r.baseline]
+    gap = abs(1.0 - r.ratio)
+    noise = max(rel_spread(t), rel_spread(b))
+    if len(t) < 2:
+        noisy = ("With one run per side there is no measure of the run-to-run noise; on a "
+                 "shared machine it can be tens of percent.")
+    elif gap <= noise:
+        noisy = (f"The runs of one side differ by up to {noise:.0%} from each other, more than the "
+                 f"{gap:.0%} between the medians: this run cannot tell the difference from noise.")
+    else:
+        noisy = (f"The runs of one side differ by up to {noise:.0%} from each other, less than the "
+                 f"{gap:.0%} between the medians: the difference is probably real.")
+    if r.ratio >= throughput.TARGET:
+        outcome = f"The target is met: the trainer runs at {r.ratio:.2f}x the hand-written loop."
+    else:
+        outcome = f"**The target is missed**: the trainer runs at {r.ratio:.2f}x the hand-written loop."
+    same = ("Both sides ended with bit-identical weights (the same sha256 digest), so they did "
+            "exactly the same arithmetic; what the trainer adds inside the timed loop is "
+            "bookkeeping (a running loss sum, a stop-signal all-reduce every 20 iterations)."
+            if r.same_weights else
+            "**The two sides ended with different weights**, so they did not train identically; "
+            "the comparison is less exact than intended.")
+    return (
+        f"{outcome} {noisy} {same} The timed part of a run is only a few seconds, so other work "
+        "on the machine moves single runs a lot.\n\n"
+        "Training throughput leaves out what an epoch also costs in the trainer: evaluation on the "
+        "held-out split (the row \"trainer epochs with evaluation\", metrics.jsonl's `seconds` "
+        "against `train_seconds`), writing a checkpoint after every epoch (not in `seconds`, which "
+        "the trainer measures before it saves), and at the end the plot and summary. The last row, "
+        "the whole torchrun command, includes all of that and the start-up, for both sides.\n"
+    )
+
+
+def results(lo: launch_overhead.Result, tp: throughput.Result) -> str:
+    """The results section: both tables, what they mean, the targets."""
+    launch_ok = max(lo.ratio("first_step"), lo.ratio("total")) <= launch_overhead.TARGET
+    tp_ok = tp.ratio >= throughput.TARGET
+    yes = lambda ok: "met" if ok else "**missed**"  # noqa: E731
+    return f"""### Launch overhead: razorctl submit --local vs bare torchrun
+
+{launch_overhead.table(lo)}
+{launch_notes(lo)}
+### Trainer throughput: razor trainer vs a hand-written DDP loop
+
+{throughput.table(tp)}
+{throughput_notes(tp)}
+### Targets
+
+| target | result | |
+|---|---|---|
+| launch overhead razorctl/bare ≤ {launch_overhead.TARGET:.2f}x | first step {lo.ratio("first_step"):.3f}x, total {lo.ratio("total"):.3f}x | {yes(launch_ok)} |
+| trainer throughput trainer/baseline ≥ {throughput.TARGET:.2f}x | {tp.ratio:.3f}x | {yes(tp_ok)} |
+"""
+
+
+def page(settings: Settings, quick: bool, lo: launch_overhead.Result, tp: throughput.Result,
+         load_before: str, load_after: str) -> str:
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    hidden = ",".join(map(str, tp.hidden))
+    rough = ("\n**These numbers come from a quick run (`--quick`, fewer repetitions): treat them "
+             "as rough.**\n" if quick else "")
+    return f"""# Benchmarks
+
+This page is written by `benchmarks/run.py --write`; rerun it rather than editing by hand.
+Numbers are medians with (min–max) over the repetitions; times in seconds.
+{rough}
+## What is measured
+
+1. **Launch overhead** (`benchmarks/launch_overhead.py`): `razorctl submit --local` of a RazorJob
+   against a bare `torchrun` of the same trainer and config (`trainer/configs/digits_mlp.yaml`,
+   `schedule.epochs={lo.epochs}`), 1 node x 2 processes on CPU (gloo), `OMP_NUM_THREADS=1` and
+   `CUDA_VISIBLE_DEVICES=-1` on both sides, a fresh work dir per run. Time to first optimizer step
+   is the trainer's `first_step_time` (wall clock, in `summary.json`) minus the wall clock just
+   before the command was spawned; total is the command's wall time. {settings.launch_warmup}
+   untimed warm-up pair(s), then {len(lo.razorctl)} measured pairs, alternating razorctl, bare,
+   razorctl, bare, ...
+2. **Trainer throughput** (`benchmarks/throughput.py`): training samples per second of the
+   trainer (`train_samples_per_second` in `summary.json`: global samples over the time spent in
+   the epochs' training iterations) against a minimal hand-written DDP loop in the benchmark file
+   with the same data, model (`model.hidden=[{hidden}]`), batch (32 per process, sampler indices
+   sliced into batches), optimizer settings after lr scaling, cosine schedule and
+   `schedule.epochs={tp.epochs}`, timed the same way. Both run under the same `torchrun`,
+   2 processes, gloo, `OMP_NUM_THREADS=1`. {len(tp.trainer)} pairs, alternating.
+
+## Machine
+
+{machine(load_before, load_after)}- date: {when}
+
+## How to reproduce
+
+```sh
+make bench        # meant to run exactly this:
+{COMMAND}
+```
+
+`benchmarks/run.py --quick` takes fewer repetitions; without `--write` it only prints the
+results. Each benchmark also runs alone: `.venv/bin/python benchmarks/launch_overhead.py`,
+`.venv/bin/python benchmarks/throughput.py` (`--help` for their settings).
+
+## Results
+
+{results(lo, tp)}"""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (rough numbers)")
+    p.add_argument("--write", action="store_true", help=f"rewrite {DOC.relative_to(ROOT)}")
+    args = p.parse_args()
+    settings = QUICK if args.quick else FULL
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    load_before = load()
+    lo = launch_overhead.measure(settings.launch_repeat, warmup=settings.launch_warmup, progress=progress)
+    tp = throughput.measure(settings.throughput_repeat, progress=progress)
+    print(results(lo, tp), end="")
+    if args.write:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(page(settings, args.quick, lo, tp, load_before, load()))
+        progress(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
