@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[trainer,test]'
+	$(PY) -m pip install -q -e '.[trainer,operator,test]'
 	@touch $(STAMP)
 
 demo: install

@@ -16,6 +16,8 @@ from .spec import RazorJob, ScaleLR
 #: Exit code of a trainer (and of razor.node) that stopped on SIGTERM/SIGUSR2 after saving a
 #: checkpoint: the job should be started again, not counted as failed (EX_TEMPFAIL).
 EXIT_PREEMPTED = 75
+#: On Kubernetes each pod has its own network namespace, so 'auto' can mean the seed's 29500.
+DEFAULT_PORT_K8S = 29500
 
 
 @dataclass(frozen=True)

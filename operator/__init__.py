@@ -1,0 +1,1 @@
+"""razor's Kubernetes operator (imported as razor_operator): ``razor-operator --help``."""

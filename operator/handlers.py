@@ -1,0 +1,195 @@
+"""The kopf handlers: read a RazorJob and its pods, ask ``reconcile.decide``, apply the answer.
+
+Level-triggered: every event of a RazorJob or of one of its pods reconciles that job from what
+exists now, so a restarted operator, a missed event or a handler run twice converge on the same
+state. One lock per job keeps two reconciles of one job apart; pods are created concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from razor import kube
+from razor.crd import PLURAL
+from razor.spec import GROUP, VERSION, SpecError, parse_job
+
+from . import metrics
+from .ports import PortIndex
+from .reconcile import FAILED, Decision, PodState, decide
+
+log = logging.getLogger("razor.operator")
+
+
+class World:
+    """The operator's connection to the API server and its in-memory indexes."""
+
+    def __init__(self, api_client: client.ApiClient, ports: PortIndex, workers: int = 32):
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.ports = ports
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+
+    # -- reads (raw JSON: cheaper than the client's models for many pods)
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        resp = self.core.list_namespaced_pod(namespace, label_selector=f"{kube.LABEL_JOB}={job}",
+                                             _preload_content=False)
+        return json.loads(resp.data)["items"]
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_service(name, namespace, _preload_content=False)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    # -- writes; each tolerates having been done already
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
+        try:
+            self.core.create_namespaced_pod(namespace, body, _preload_content=False)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def create_service(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_service(namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=30,
+                                            _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                        propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _owned(pod: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
+
+
+def reconcile(world: World, namespace: str, name: str) -> Decision | None:
+    """Bring one job's pods and status in line with its spec; returns what was decided."""
+    with world.lock(namespace, name):
+        started = time.monotonic()
+        body = world.get_job(namespace, name)
+        if body is None:
+            return None
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None
+        uid = meta["uid"]
+        status = body.get("status") or {}
+        try:
+            job = parse_job({k: v for k, v in body.items() if k != "status"}, f"RazorJob {namespace}/{name}")
+        except SpecError as exc:  # the CRD's schema should have refused it; say so, once
+            if status.get("phase") != FAILED:
+                world.patch_status(namespace, name, {"phase": FAILED, "message": str(exc)})
+                kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1000])
+            return None
+        pods = [p for p in world.list_pods(namespace, name) if _owned(p, uid)]
+        states = [s for s in map(PodState.from_pod, pods) if s is not None]
+        port = None
+        if job.spec.host_network and status.get("phase") not in ("Succeeded", "Failed"):
+            port = world.ports.allocate(namespace, name, status.get("port"))
+        decision = decide(job, status, states, datetime.now(timezone.utc),
+                          service_exists=world.service_exists(namespace, name))
+        if port is not None:
+            decision.status["port"] = port
+        _apply(world, body, job, namespace, uid, decision, port)
+        if decision.status.get("phase") in ("Succeeded", "Failed") and job.spec.host_network:
+            world.ports.release(namespace, name)
+        metrics.observe(namespace, name, decision.status.get("phase"), time.monotonic() - started)
+        return decision
+
+
+def _apply(world: World, body: dict[str, Any], job, namespace: str, uid: str, d: Decision,
+           port: int | None) -> None:
+    name = job.name
+    for pod in d.delete_pods:
+        world.delete_pod(namespace, pod)
+    if d.create_service:
+        world.create_service(namespace, kube.service(job, namespace, uid, port))
+    if d.create_ranks:
+        attempt = int(d.status.get("attempt", 1))
+        bodies = [kube.pod(job, r, namespace, uid, attempt, port) for r in d.create_ranks]
+        created = list(world.pool.map(lambda b: world.create_pod(namespace, b), bodies))
+        metrics.PODS_CREATED.inc(sum(created))
+    if d.status != (body.get("status") or {}):
+        status = {k: v for k, v in d.status.items()}
+        status["observedGeneration"] = body["metadata"].get("generation")
+        world.patch_status(namespace, name, status)
+    for kind, reason, message in d.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+    if d.delete_job:
+        world.delete_job(namespace, name)
+
+
+def register(world: World, timer_interval: float = 5.0) -> None:
+    """Register the handlers with kopf (called once by main)."""
+
+    @kopf.on.event(GROUP, VERSION, PLURAL)
+    def job_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            world.ports.release(namespace, name)
+            world.forget(namespace, name)
+            metrics.forget(namespace, name)
+            return
+        reconcile(world, namespace, name)
+
+    @kopf.on.event("v1", "pods", labels={kube.LABEL_JOB: kopf.PRESENT})
+    def pod_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
+        reconcile(world, namespace, labels[kube.LABEL_JOB])
+
+    def has_clock(spec: dict[str, Any], **_: Any) -> bool:
+        return spec.get("ttlSecondsAfterFinished") is not None or bool(spec.get("activeDeadlineSeconds"))
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=timer_interval, when=has_clock)
+    def clock(name: str, namespace: str, **_: Any) -> None:
+        reconcile(world, namespace, name)

@@ -1,0 +1,237 @@
+"""What the operator should do for one RazorJob, given what exists: a pure function.
+
+``decide(job, status, pods, ...)`` looks at the job's status and its pods (as a kubelet left
+them) and returns a :class:`Decision`: pods to create or delete, the new status, events, and
+whether the job itself should go (TTL). The kopf handlers in ``handlers.py`` only read the
+world, call this, and apply the result, so every rule here is tested without a cluster.
+
+The gang: all ranks of an attempt run together; when one fails, every pod of the attempt is
+deleted, and only when all are gone is the next attempt created (the names are the same), with
+RAZOR_ATTEMPT + 1, up to ``backoffLimit`` restarts. Exit codes in ``permanentExitCodes`` fail
+the job at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from razor.kube import LABEL_ATTEMPT, LABEL_RANK, pod_name
+from razor.spec import RazorJob
+
+PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
+SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+FINISHED = (SUCCEEDED, FAILED)
+EXIT_PREEMPTED = 75
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    rank: int
+    attempt: int
+    phase: str                  # Pending, Running, Succeeded, Failed, Unknown
+    exit_code: int | None = None
+    reason: str | None = None
+    deleting: bool = False
+
+    @classmethod
+    def from_pod(cls, pod: dict[str, Any]) -> "PodState | None":
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        try:
+            rank, attempt = int(labels[LABEL_RANK]), int(labels[LABEL_ATTEMPT])
+        except (KeyError, ValueError):
+            return None
+        status = pod.get("status") or {}
+        code = reason = None
+        for cs in status.get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                code, reason = term.get("exitCode"), term.get("reason")
+                if code:
+                    break
+        return cls(meta.get("name", ""), rank, attempt, status.get("phase") or "Pending", code,
+                   reason or status.get("reason"), bool(meta.get("deletionTimestamp")))
+
+
+@dataclass
+class Decision:
+    create_service: bool = False
+    create_ranks: list[int] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+
+def _ts(now: datetime) -> str:
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def set_condition(status: dict[str, Any], kind: str, true: bool, reason: str, message: str,
+                  now: datetime) -> None:
+    """Set one condition; its lastTransitionTime moves only when its status changes."""
+    conditions = status.setdefault("conditions", [])
+    value = "True" if true else "False"
+    for cond in conditions:
+        if cond["type"] == kind:
+            if cond["status"] != value:
+                cond["lastTransitionTime"] = _ts(now)
+            cond.update(status=value, reason=reason, message=message)
+            return
+    if true:  # a condition appears when it first becomes true
+        conditions.append({"type": kind, "status": value, "reason": reason, "message": message,
+                           "lastTransitionTime": _ts(now)})
+
+
+def _describe(p: PodState) -> str:
+    why = f" ({p.reason})" if p.reason else ""
+    return f"rank {p.rank} (pod {p.name}) exited with code {p.exit_code}{why}"
+
+
+def _finish(d: Decision, st: dict[str, Any], phase: str, reason: str, message: str, now: datetime,
+            live: list[PodState]) -> Decision:
+    st["phase"] = phase
+    st["message"] = message
+    st["completionTime"] = _ts(now)
+    for kind in (RUNNING, RESTARTING):
+        set_condition(st, kind, False, reason, message, now)
+    set_condition(st, phase, True, reason, message, now)
+    d.events.append(("Normal" if phase == SUCCEEDED else "Warning", reason, message))
+    if phase == FAILED:  # nothing of a failed job keeps running
+        d.delete_pods += [p.name for p in live if p.phase not in FINISHED and not p.deleting]
+    return d
+
+
+def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], now: datetime,
+           service_exists: bool = True) -> Decision:
+    spec = job.spec
+    st = copy.deepcopy(status or {})
+    st.setdefault("attempt", 1)
+    st.setdefault("restarts", 0)
+    d = Decision(status=st)
+    phase = st.get("phase")
+    attempt = int(st["attempt"])
+    ranks = range(spec.nnodes)
+
+    # -- finished jobs: only the TTL is left to do
+    if phase in FINISHED:
+        if phase == FAILED:
+            d.delete_pods = [p.name for p in pods if p.phase not in FINISHED and not p.deleting]
+        done = _parse_ts(st.get("completionTime"))
+        ttl = spec.ttl_seconds_after_finished
+        if ttl is not None and done is not None:
+            left = (done + timedelta(seconds=ttl) - now).total_seconds()
+            if left <= 0:
+                d.delete_job = True
+                d.events.append(("Normal", "Deleted", f"finished {ttl}s ago (ttlSecondsAfterFinished)"))
+            else:
+                d.requeue_after = left
+        return d
+
+    # -- suspended: no pods, the job stays
+    if spec.suspend:
+        d.delete_pods = [p.name for p in pods if not p.deleting]
+        if phase != SUSPENDED:
+            st["phase"] = SUSPENDED
+            st["message"] = "suspended: pods deleted; set suspend: false to start again"
+            set_condition(st, SUSPENDED, True, "Suspended", st["message"], now)
+            set_condition(st, RUNNING, False, "Suspended", st["message"], now)
+            d.events.append(("Normal", "Suspended", "job suspended, pods deleted"))
+        return d
+    if phase == SUSPENDED:
+        set_condition(st, SUSPENDED, False, "Resumed", "suspend set to false", now)
+        d.events.append(("Normal", "Resumed", "job resumed"))
+        st["phase"] = phase = PENDING
+        st.pop("startTime", None)  # the deadline counts from the new start
+
+    # -- the deadline
+    start = _parse_ts(st.get("startTime"))
+    if spec.active_deadline_seconds and start is not None:
+        left = (start + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
+        if left <= 0:
+            msg = f"ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)"
+            return _finish(d, st, FAILED, "DeadlineExceeded", msg, now, pods)
+        d.requeue_after = left
+
+    stale = [p for p in pods if p.attempt != attempt]
+    current = {p.rank: p for p in pods if p.attempt == attempt and p.rank in ranks}
+    d.delete_pods += [p.name for p in stale if not p.deleting]
+    d.delete_pods += [p.name for p in pods if p.attempt == attempt and p.rank not in ranks and not p.deleting]
+    st["ranks"] = [
+        {k: v for k, v in {"rank": r, "pod": p.name, "phase": p.phase, "exitCode": p.exit_code,
+                           "reason": p.reason}.items() if v is not None}
+        for r, p in sorted(current.items())
+    ]
+
+    # -- a failed rank: fail the job, or restart the whole gang
+    failed = sorted((p for p in current.values() if p.phase == FAILED), key=lambda p: p.rank)
+    if failed:
+        first = failed[0]
+        what = _describe(first)
+        if first.exit_code in spec.permanent_exit_codes:
+            msg = f"{what}; exit code {first.exit_code} is permanent, not restarted"
+            return _finish(d, st, FAILED, "PermanentFailure", msg, now, list(current.values()))
+        if st["restarts"] >= spec.backoff_limit:
+            msg = f"{what}; backoffLimit {spec.backoff_limit} reached after {st['restarts']} restart(s)"
+            return _finish(d, st, FAILED, "BackoffLimitExceeded", msg, now, list(current.values()))
+        st["restarts"] += 1
+        st["attempt"] = attempt + 1
+        st["phase"] = RESTARTING
+        reason = "Preempted" if first.exit_code == EXIT_PREEMPTED else "RankFailed"
+        st["message"] = (f"{what}; restarting all {spec.nnodes} rank(s) as attempt {attempt + 1} "
+                         f"(restart {st['restarts']} of {spec.backoff_limit})")
+        set_condition(st, RESTARTING, True, reason, st["message"], now)
+        set_condition(st, RUNNING, False, reason, st["message"], now)
+        d.events.append(("Warning", "Restarting", st["message"]))
+        d.delete_pods += [p.name for p in current.values() if not p.deleting]
+        return d
+
+    # -- every rank succeeded
+    if len(current) == spec.nnodes and all(p.phase == SUCCEEDED for p in current.values()):
+        return _finish(d, st, SUCCEEDED, "Completed", f"all {spec.nnodes} rank(s) succeeded", now, [])
+
+    # -- create what is missing, once the previous attempt is gone (the names are the same)
+    if not service_exists:
+        d.create_service = True
+    missing = [r for r in ranks if r not in current]
+    if missing and not stale:
+        d.create_ranks = missing
+        if attempt == 1 and not any(c["type"] == "Created" for c in st.get("conditions", [])):
+            set_condition(st, "Created", True, "PodsCreated", f"service and {spec.nnodes} pod(s) created", now)
+            d.events.append(("Normal", "Created", f"created service {job.name} and {len(missing)} pod(s)"))
+        elif phase == RESTARTING:
+            d.events.append(("Normal", "Created", f"attempt {attempt}: created {len(missing)} pod(s)"))
+    if phase == RESTARTING and (stale or missing):
+        return d  # still restarting
+
+    running = len(current) == spec.nnodes and all(p.phase in (RUNNING, SUCCEEDED) for p in current.values())
+    if running:
+        if phase != RUNNING:
+            st["phase"] = RUNNING
+            st["message"] = f"all {spec.nnodes} rank(s) running (attempt {attempt})"
+            st.setdefault("startTime", _ts(now))
+            set_condition(st, RUNNING, True, "AllRanksRunning", st["message"], now)
+            set_condition(st, RESTARTING, False, "AllRanksRunning", st["message"], now)
+            d.events.append(("Normal", "Running", st["message"]))
+            if spec.active_deadline_seconds and d.requeue_after is None:
+                d.requeue_after = float(spec.active_deadline_seconds)
+    elif phase not in (PENDING,):
+        waiting = spec.nnodes - sum(p.phase in (RUNNING, SUCCEEDED) for p in current.values())
+        st["phase"] = PENDING
+        st["message"] = f"waiting for {waiting} of {spec.nnodes} rank(s) to run (attempt {attempt})"
+    return d
+
+
+def pod_names(job: RazorJob) -> list[str]:
+    return [pod_name(job, r) for r in range(job.spec.nnodes)]

@@ -1,0 +1,209 @@
+"""The RazorJob CustomResourceDefinition, generated from the spec model.
+
+    python -m razor.crd > crds/razorjob.yaml
+
+The schema is the spec model's JSON schema made structural (refs inlined, unions turned into
+int-or-string or preserved fields), with CEL rules for what a schema cannot say, so that the
+API server refuses what razorctl refuses. A test fails when crds/razorjob.yaml is stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import yaml
+
+from .spec import CONTRACT_ENV, GROUP, KIND, NAME_MAX, VERSION, RazorJobSpec
+
+PLURAL = "razorjobs"
+SINGULAR = "razorjob"
+SHORT_NAMES = ["rj"]
+
+_NO_NEWLINES = r"^[^\n\r]*$"
+
+# CEL rules: the checks of razor/spec.py's validators that a schema alone cannot express.
+_SPEC_RULES = [
+    {"rule": "has(self.config) || has(self.script)",
+     "message": "give config (the built-in trainer) or script (your own)"},
+    {"rule": "!has(self.args) || size(self.args) == 0 || has(self.script)",
+     "message": "args is only for script; use cfgOptions to change the trainer's config"},
+    {"rule": "!has(self.nprocPerNode) || self.gpusPerNode == 0 || self.nprocPerNode <= self.gpusPerNode",
+     "message": "nprocPerNode cannot exceed gpusPerNode: one process per GPU"},
+]
+_FIELD_RULES: dict[str, list[dict[str, str]]] = {
+    "port": [{
+        "rule": "type(self) == int ? (self >= 1024 && self <= 65535) : self == 'auto'",
+        "message": "must be between 1024 and 65535, or 'auto'",
+    }],
+    "autoScaleLR": [{
+        "rule": "type(self) == bool || (type(self) == map && size(self) == 1 && "
+                "(('baseGPUs' in self && type(self.baseGPUs) == int && self.baseGPUs >= 1) || "
+                "('baseBatchSize' in self && type(self.baseBatchSize) == int && self.baseBatchSize >= 1)))",
+        "message": "must be true, false, {baseGPUs: N} or {baseBatchSize: N} with N >= 1",
+    }],
+    "env": [
+        {"rule": "self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))",
+         "message": "names must be valid environment variable names"},
+        {"rule": "!self.exists(k, k in " + repr(sorted(CONTRACT_ENV)).replace('"', "'") + ")",
+         "message": "the launcher contract's variables are set by razor and cannot be overridden"},
+    ],
+    "cfgOptions": [{
+        "rule": "self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*(\\\\.[A-Za-z0-9_]+)*$'))",
+        "message": "keys must be config keys such as optimizer.lr",
+    }],
+    "permanentExitCodes": [{"rule": "self.all(c, c >= 1 && c <= 255)", "message": "exit codes are 1 to 255"}],
+}
+_STRING_PATTERNS = {
+    "config": _NO_NEWLINES, "workDir": _NO_NEWLINES, "script": _NO_NEWLINES, "resume": _NO_NEWLINES,
+    "workingDir": _NO_NEWLINES, "image": r"^\S+$",
+    "partition": r"^[A-Za-z0-9_.+-]+$", "account": r"^[A-Za-z0-9_.+-]+$", "qos": r"^[A-Za-z0-9_.+-]+$",
+    "jobName": r"^[A-Za-z0-9_.+-]+$", "time": r"^((\d+-)?\d+(:\d{1,2}){0,2}|\d+-\d+|UNLIMITED|INFINITE)$",
+    "shmSize": r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$",
+}
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any], name: str = "") -> dict[str, Any]:
+    node = copy.deepcopy(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        node = {**copy.deepcopy(target), **node}
+    node.pop("title", None)
+    if node.get("additionalProperties") is False:
+        del node["additionalProperties"]  # not structural; unknown fields are refused anyway
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        kept = {k: v for k, v in node.items() if k in ("description", "default")}
+        if len(options) == 1:
+            node = {**_structural(options[0], defs, name), **kept}
+        elif {o.get("type") for o in options} == {"integer", "string"}:
+            node = {"x-kubernetes-int-or-string": True, **kept}
+        else:  # a boolean or a mapping, say: the field's CEL rule checks the shape
+            node = {"x-kubernetes-preserve-unknown-fields": True, **kept}
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if node.get("default") is None:
+        node.pop("default", None)
+    kind = node.get("type")
+    if kind == "object":
+        props = node.get("properties")
+        if props:
+            node["properties"] = {k: _structural(v, defs, k) for k, v in props.items()}
+            # Object defaults come from their fields' own defaults.
+            node.pop("default", None)
+        elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
+            node["additionalProperties"] = _structural(node["additionalProperties"], defs)
+        else:
+            node.pop("additionalProperties", None)
+            node["x-kubernetes-preserve-unknown-fields"] = True
+        if node.get("default") == {}:
+            node.pop("default")
+    elif kind == "array":
+        node["items"] = _structural(node.get("items", {}), defs)
+        if node["items"] == {}:
+            node["items"] = {"x-kubernetes-preserve-unknown-fields": True}
+        if node.get("default") == []:
+            node.pop("default")
+    elif not kind and not any(k.startswith("x-kubernetes") for k in node):
+        node["x-kubernetes-preserve-unknown-fields"] = True  # Any
+    if kind == "string" and name in _STRING_PATTERNS:
+        node["pattern"] = _STRING_PATTERNS[name]
+    if name in _FIELD_RULES:
+        node["x-kubernetes-validations"] = _FIELD_RULES[name]
+    return node
+
+
+def spec_schema() -> dict[str, Any]:
+    schema = RazorJobSpec.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
+    out = _structural(schema, defs)
+    out.pop("required", None)
+    out["x-kubernetes-validations"] = _SPEC_RULES
+    return out
+
+
+def status_schema() -> dict[str, Any]:
+    condition = {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"}, "status": {"type": "string"}, "reason": {"type": "string"},
+            "message": {"type": "string"}, "lastTransitionTime": {"type": "string", "format": "date-time"},
+        },
+    }
+    rank = {"type": "object", "properties": {
+        "rank": {"type": "integer"}, "pod": {"type": "string"}, "phase": {"type": "string"},
+        "exitCode": {"type": "integer"}, "reason": {"type": "string"}}}
+    return {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,  # kopf keeps its own progress here
+        "properties": {
+            "phase": {"type": "string"},
+            "message": {"type": "string"},
+            "attempt": {"type": "integer"},
+            "restarts": {"type": "integer"},
+            "port": {"type": "integer"},
+            "startTime": {"type": "string", "format": "date-time"},
+            "completionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+            "conditions": {"type": "array", "items": condition,
+                           "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+            "ranks": {"type": "array", "items": rank},
+        },
+    }
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "razor"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
+                      "singular": SINGULAR, "shortNames": SHORT_NAMES, "categories": ["all"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.nnodes"},
+                    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpusPerNode",
+                     "description": "GPUs per node"},
+                    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A distributed PyTorch training: one torchrun per node, run as a gang.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status_schema(),
+                    },
+                    "x-kubernetes-validations": [{
+                        "rule": f"size(self.metadata.name) <= {NAME_MAX} && "
+                                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                        "message": f"metadata.name must be a DNS label of at most {NAME_MAX} characters "
+                                   "starting with a letter",
+                    }],
+                }},
+            }],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated by `python -m razor.crd` from razor/spec.py: do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

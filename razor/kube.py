@@ -1,0 +1,126 @@
+"""Kubernetes objects of a RazorJob: one headless Service and one pod per node. Pure functions.
+
+Names are deterministic (JobSet's convention): the Service is ``<job>``, the pods
+``<job>-<rank>`` with ``hostname: <job>-<rank>`` and ``subdomain: <job>``, so the master is
+``<job>-0.<job>.<namespace>.svc`` before it is ready (``publishNotReadyAddresses``). A restarted
+operator, or a handler run twice, computes the same names and so never makes a duplicate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .launcher import DEFAULT_PORT_K8S, node_argv, node_env
+from .spec import API_VERSION, KIND, RazorJob
+
+LABEL_JOB = "razor.dev/job-name"
+LABEL_RANK = "razor.dev/node-rank"
+LABEL_ATTEMPT = "razor.dev/attempt"
+CONTAINER = "trainer"
+SHM_VOLUME = "dshm"
+
+
+def master_addr(job: RazorJob, namespace: str) -> str:
+    return f"{job.name}-0.{job.name}.{namespace}.svc"
+
+
+def pod_name(job: RazorJob, rank: int) -> str:
+    return f"{job.name}-{rank}"
+
+
+def job_port(job: RazorJob, allocated: int | None = None) -> int:
+    """Each pod has its own network namespace, so a fixed port never collides; with hostNetwork
+    the operator allocates one (``allocated``)."""
+    if allocated is not None:
+        return allocated
+    return DEFAULT_PORT_K8S if job.spec.port == "auto" else int(job.spec.port)
+
+
+def owner_reference(job: RazorJob, uid: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": job.name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(job: RazorJob, name: str, namespace: str, uid: str | None,
+          labels: dict[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name, "namespace": namespace,
+        "labels": {**job.metadata.labels, "app.kubernetes.io/managed-by": "razor", LABEL_JOB: job.name,
+                   **labels},
+    }
+    if job.metadata.annotations:
+        meta["annotations"] = dict(job.metadata.annotations)
+    if uid:
+        meta["ownerReferences"] = [owner_reference(job, uid)]
+    return meta
+
+
+def service(job: RazorJob, namespace: str, uid: str | None = None, port: int | None = None) -> dict[str, Any]:
+    p = job_port(job, port)
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(job, job.name, namespace, uid, {}),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job.name},
+            "ports": [{"name": "rendezvous", "port": p, "targetPort": p, "protocol": "TCP"}],
+        },
+    }
+
+
+def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attempt: int = 1,
+        port: int | None = None) -> dict[str, Any]:
+    spec = job.spec
+    p = job_port(job, port)
+    env = node_env(job, rank, master_addr(job, namespace), p, attempt)
+    resources: dict[str, dict[str, str]] = {}
+    if spec.resources.requests:
+        resources["requests"] = dict(spec.resources.requests)
+    limits = dict(spec.resources.limits)
+    if spec.gpus_per_node:
+        limits["nvidia.com/gpu"] = str(spec.gpus_per_node)
+    if limits:
+        resources["limits"] = limits
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "command": node_argv(job)[:3],
+        "args": node_argv(job)[3:],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "ports": [{"name": "rendezvous", "containerPort": p, "protocol": "TCP"}],
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, *spec.volume_mounts],
+    }
+    if resources:
+        container["resources"] = resources
+    if spec.working_dir:
+        container["workingDir"] = spec.working_dir
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if spec.resources.shm_size:
+        shm["sizeLimit"] = spec.resources.shm_size
+    pod_spec: dict[str, Any] = {
+        "hostname": pod_name(job, rank),
+        "subdomain": job.name,
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": SHM_VOLUME, "emptyDir": shm}, *spec.volumes],
+    }
+    if spec.host_network:
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    for key, value in (("nodeSelector", spec.node_selector), ("tolerations", spec.tolerations),
+                       ("affinity", spec.affinity), ("priorityClassName", spec.priority_class_name),
+                       ("schedulerName", spec.scheduler_name),
+                       ("serviceAccountName", spec.service_account_name)):
+        if value:
+            pod_spec[key] = value
+    labels = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": _meta(job, pod_name(job, rank), namespace, uid, labels), "spec": pod_spec}
+
+
+def objects(job: RazorJob, namespace: str, uid: str | None = None, attempt: int = 1,
+            port: int | None = None) -> list[dict[str, Any]]:
+    """What the operator creates for a job: the Service, then every rank's pod."""
+    return [service(job, namespace, uid, port),
+            *(pod(job, r, namespace, uid, attempt, port) for r in range(job.spec.nnodes))]

@@ -1,0 +1,138 @@
+"""The operator's decisions, rule by rule, without a cluster (the real one is in tests/k8s)."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import datetime, timedelta, timezone
+
+from conftest import job_doc
+from razor.spec import parse_job
+
+rec = importlib.import_module("razor_operator.reconcile")
+PodState, decide = rec.PodState, rec.decide
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def job(**spec):
+    return parse_job(job_doc("kd", config="c.yaml", nnodes=4, **spec))
+
+
+def pods(phase="Running", attempt=1, n=4, **overrides):
+    out = [PodState(f"kd-{r}", r, attempt, phase) for r in range(n)]
+    for rank, state in overrides.items():
+        out[int(rank.removeprefix("r"))] = state
+    return out
+
+
+def cond(status, kind):
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+def test_a_new_job_gets_its_service_and_every_pod_at_once():
+    d = decide(job(), None, [], NOW, service_exists=False)
+    assert d.create_service and d.create_ranks == [0, 1, 2, 3]
+    assert d.status["attempt"] == 1 and d.status["restarts"] == 0
+    assert cond(d.status, "Created")["status"] == "True"
+    assert ("Normal", "Created", "created service kd and 4 pod(s)") in d.events
+
+
+def test_created_twice_creates_nothing_more():
+    d = decide(job(), {"attempt": 1, "phase": "Pending"}, pods("Pending"), NOW)
+    assert not d.create_service and d.create_ranks == [] and d.delete_pods == []
+
+
+def test_all_ranks_running_is_running():
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Pending"}, pods("Running"), NOW)
+    assert d.status["phase"] == "Running" and d.status["startTime"] == "2026-11-27T12:00:00Z"
+    assert cond(d.status, "Running")["status"] == "True"
+    assert [r["phase"] for r in d.status["ranks"]] == ["Running"] * 4
+
+
+def test_a_failed_rank_restarts_the_whole_gang():
+    failed = PodState("kd-2", 2, 1, "Failed", 137, "OOMKilled")
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r2=failed), NOW)
+    assert d.status["phase"] == "Restarting" and d.status["attempt"] == 2 and d.status["restarts"] == 1
+    assert sorted(d.delete_pods) == ["kd-0", "kd-1", "kd-2", "kd-3"]
+    assert d.create_ranks == [], "the next attempt waits until the old pods are gone"
+    msg = d.status["message"]
+    assert "rank 2 (pod kd-2) exited with code 137 (OOMKilled)" in msg and "attempt 2" in msg
+    assert cond(d.status, "Restarting")["status"] == "True"
+    assert d.events[0][:2] == ("Warning", "Restarting")
+
+
+def test_the_next_attempt_starts_once_the_old_pods_are_gone():
+    failed = PodState("kd-2", 2, 1, "Failed", 137, "OOMKilled")
+    st = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r2=failed), NOW).status
+    d = decide(job(), st, pods("Failed", attempt=1, n=2), NOW)  # two old pods still there
+    assert sorted(d.delete_pods) == ["kd-0", "kd-1"] and d.create_ranks == []
+    d = decide(job(), st, [], NOW)
+    assert d.create_ranks == [0, 1, 2, 3] and d.status["phase"] == "Restarting"
+    d = decide(job(), d.status, pods("Running", attempt=2), NOW)
+    assert d.status["phase"] == "Running"
+    assert cond(d.status, "Restarting")["status"] == "False"
+
+
+def test_backoff_limit_fails_the_job_naming_rank_and_code():
+    failed = PodState("kd-1", 1, 3, "Failed", 1, "Error")
+    d = decide(job(backoffLimit=2), {"attempt": 3, "restarts": 2, "phase": "Running"},
+               pods(attempt=3, r1=failed), NOW)
+    assert d.status["phase"] == "Failed"
+    assert d.status["message"] == ("rank 1 (pod kd-1) exited with code 1 (Error); "
+                                   "backoffLimit 2 reached after 2 restart(s)")
+    assert d.status["completionTime"] == "2026-11-27T12:00:00Z"
+    assert sorted(d.delete_pods) == ["kd-0", "kd-2", "kd-3"]  # nothing of a failed job runs on
+
+
+def test_a_permanent_exit_code_fails_at_once():
+    failed = PodState("kd-3", 3, 1, "Failed", 2, "Error")
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r3=failed), NOW)
+    assert d.status["phase"] == "Failed" and d.status["restarts"] == 0
+    assert "exit code 2 is permanent" in d.status["message"]
+    assert cond(d.status, "Failed")["reason"] == "PermanentFailure"
+
+
+def test_all_ranks_succeeded():
+    d = decide(job(), {"attempt": 1, "phase": "Running"}, pods("Succeeded"), NOW)
+    assert d.status["phase"] == "Succeeded" and d.status["completionTime"] == "2026-11-27T12:00:00Z"
+    assert d.delete_pods == [] and cond(d.status, "Succeeded")["status"] == "True"
+
+
+def test_suspend_deletes_the_pods_and_resume_starts_again():
+    d = decide(job(suspend=True), {"attempt": 1, "phase": "Running"}, pods(), NOW)
+    assert d.status["phase"] == "Suspended" and len(d.delete_pods) == 4
+    d = decide(job(suspend=False), d.status, [], NOW)
+    assert d.create_ranks == [0, 1, 2, 3] and cond(d.status, "Suspended")["status"] == "False"
+
+
+def test_ttl_after_finished():
+    done = {"phase": "Succeeded", "completionTime": "2026-11-27T11:59:00Z"}
+    d = decide(job(ttlSecondsAfterFinished=120), done, pods("Succeeded"), NOW)
+    assert not d.delete_job and d.requeue_after == 60
+    d = decide(job(ttlSecondsAfterFinished=30), done, pods("Succeeded"), NOW)
+    assert d.delete_job
+
+
+def test_active_deadline():
+    st = {"attempt": 1, "phase": "Running", "startTime": "2026-11-27T11:00:00Z"}
+    d = decide(job(activeDeadlineSeconds=600), st, pods(), NOW)
+    assert d.status["phase"] == "Failed" and len(d.delete_pods) == 4
+    assert cond(d.status, "Failed")["reason"] == "DeadlineExceeded"
+    d = decide(job(activeDeadlineSeconds=7200), st, pods(), NOW)
+    assert d.status["phase"] == "Running" and d.requeue_after == 3600
+
+
+def test_pod_state_from_a_kubelets_status():
+    pod = {"metadata": {"name": "kd-2", "labels": {"razor.dev/node-rank": "2", "razor.dev/attempt": "1"}},
+           "status": {"phase": "Failed", "containerStatuses": [
+               {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
+    assert PodState.from_pod(pod) == PodState("kd-2", 2, 1, "Failed", 137, "OOMKilled")
+
+
+def test_ports_never_shared_and_kept_across_restarts():
+    PortIndex = importlib.import_module("razor_operator.ports").PortIndex
+    ports = PortIndex(30000, 30002)
+    assert ports.allocate("a", "one") == 30000 and ports.allocate("a", "two") == 30001
+    assert ports.allocate("a", "one") == 30000
+    again = PortIndex(30000, 30002)
+    assert again.allocate("a", "two", recorded=30001) == 30001
+    assert again.allocate("a", "three") == 30000
