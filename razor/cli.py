@@ -1,7 +1,10 @@
-"""razorctl: submit, render and check RazorJobs.
+"""razorctl: submit, render, watch and cancel RazorJobs.
 
+    razorctl submit job.yaml              create it on Kubernetes (current kubeconfig context)
     razorctl submit --local job.yaml      run it on this machine, one torchrun per node
-    razorctl render --local job.yaml      print exactly what submit --local would run
+    razorctl render [--local] job.yaml    print exactly what submit would create or run
+    razorctl status|logs|cancel|wait NAME a job on Kubernetes
+    razorctl list                         the jobs of a namespace (-A: of every namespace)
     razorctl validate job.yaml            check a RazorJob without running anything
 """
 
@@ -27,7 +30,7 @@ def _backend(args: argparse.Namespace) -> str:
 
 def _unavailable(backend: str) -> int:
     print(f"razorctl: error: the {backend} backend is not part of this razor version yet; "
-          "use --local to run on this machine", file=sys.stderr)
+          "use --local to run on this machine, or Kubernetes (the default)", file=sys.stderr)
     return EXIT_INVALID
 
 
@@ -49,11 +52,24 @@ def _dump(doc: dict, fmt: str) -> None:
         print(yaml.safe_dump(doc, sort_keys=False), end="")
 
 
+def _cluster(args: argparse.Namespace):
+    from .backends.kubernetes import Cluster
+
+    cluster = Cluster(args.kubeconfig, args.context)
+    return cluster, args.namespace or cluster.namespace
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     backend = _backend(args)
-    if backend != "local":
+    if backend == "slurm":
         return _unavailable(backend)
+    if backend == "kubernetes":
+        from .backends import kubernetes
+
+        fmt = "json" if args.output == "json" else "yaml"
+        sys.stdout.write(kubernetes.render(job, args.namespace or job.metadata.namespace or "default", fmt))
+        return 0
     from .backends import local
 
     cwd = Path.cwd()
@@ -68,8 +84,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     backend = _backend(args)
-    if backend != "local":
+    if backend == "slurm":
         return _unavailable(backend)
+    if backend == "kubernetes":
+        cluster, ns = _cluster(args)
+        ns = args.namespace or job.metadata.namespace or ns
+        cluster.submit(job, ns)
+        print(f"razorjob.razor.dev/{job.name} created in namespace {ns}")
+        print(f"  razorctl status {job.name} -n {ns}    razorctl logs -f {job.name} -n {ns}")
+        return 0
     from .backends import local
 
     try:
@@ -77,6 +100,52 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except local.PortInUse as exc:
         print(f"razorctl: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .backends import kubernetes
+
+    cluster, ns = _cluster(args)
+    obj = cluster.get(args.name, ns)
+    if args.output == "text":
+        sys.stdout.write(kubernetes.describe(obj))
+    else:
+        kubernetes.dump(obj, args.output)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .backends import kubernetes
+
+    cluster, ns = _cluster(args)
+    items = cluster.list(None if args.all_namespaces else ns)
+    if args.output == "text":
+        sys.stdout.write(kubernetes.table(items, args.all_namespaces))
+    else:
+        kubernetes.dump({"apiVersion": "v1", "kind": "List", "items": items}, args.output)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    cluster, ns = _cluster(args)
+    cluster.logs(args.name, ns, args.rank, args.follow, sys.stdout)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    cluster, ns = _cluster(args)
+    cluster.cancel(args.name, ns)
+    print(f"razorjob.razor.dev/{args.name} deleted (its pods and service go with it)")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from .backends import kubernetes
+
+    cluster, ns = _cluster(args)
+    obj = cluster.wait(args.name, ns, args.timeout)
+    sys.stdout.write(kubernetes.describe(obj))
+    return 0 if obj["status"]["phase"] == "Succeeded" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,12 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--slurm", action="store_true", help="a SLURM cluster (sbatch)")
         p.add_argument("file", help="RazorJob YAML file")
 
+    def with_cluster(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+        p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+        p.add_argument("--context", help="kubeconfig context (default: the current one)")
+
     p = sub.add_parser("submit", help="start a job (Kubernetes by default; --local, --slurm)")
     with_backend(p)
+    with_cluster(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("render", help="print what submit would create or run, without running it")
     with_backend(p)
+    with_cluster(p)
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     p.set_defaults(func=cmd_render)
 
@@ -103,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="RazorJob YAML file")
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     p.set_defaults(func=cmd_validate)
+
+    for name, func, text in (("status", cmd_status, "a job's phase, ranks and conditions"),
+                             ("cancel", cmd_cancel, "delete a job with its pods"),
+                             ("wait", cmd_wait, "wait until a job succeeds (exit 0) or fails (exit 1)"),
+                             ("logs", cmd_logs, "a rank's output")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name", help="RazorJob name")
+        with_cluster(p)
+        p.set_defaults(func=func)
+        if name == "status":
+            p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+        if name == "wait":
+            p.add_argument("--timeout", type=float, default=3600, help="seconds (default 3600)")
+        if name == "logs":
+            p.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+            p.add_argument("--rank", type=int, default=0, help="node rank (default 0)")
+
+    p = sub.add_parser("list", help="list jobs")
+    with_cluster(p)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    p.set_defaults(func=cmd_list)
     return parser
 
 
@@ -113,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"razorctl: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except RuntimeError as exc:  # KubeError and the like: a clear line, no traceback
+        print(f"razorctl: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

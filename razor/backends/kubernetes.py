@@ -1,0 +1,153 @@
+"""The Kubernetes backend of razorctl: the RazorJob object in the current kubeconfig context.
+
+razorctl creates, reads and deletes RazorJobs; the operator does the rest. ``render`` is pure
+(razor.kube); the rest is a thin layer over the API.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import IO, Any
+
+import yaml
+
+from .. import kube
+from ..crd import PLURAL
+from ..spec import GROUP, VERSION, RazorJob
+
+FINISHED = ("Succeeded", "Failed")
+
+
+class KubeError(RuntimeError):
+    pass
+
+
+def render(job: RazorJob, namespace: str, fmt: str = "yaml") -> str:
+    """The Service and pods the operator would create (attempt 1, before a uid exists)."""
+    objs = kube.objects(job, namespace)
+    if fmt == "json":
+        return json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2) + "\n"
+    return yaml.safe_dump_all(objs, sort_keys=False)
+
+
+class Cluster:
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None):
+        from kubernetes import client, config
+
+        try:
+            contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        except (config.ConfigException, FileNotFoundError, TypeError) as exc:
+            raise KubeError(f"no usable kubeconfig ({exc}); set KUBECONFIG or use --local") from None
+        ctx = next((c for c in contexts if c["name"] == context), active) if context else active
+        self.namespace = (ctx.get("context") or {}).get("namespace") or "default"
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        self.api = client.ApiClient(cfg)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def _call(self, what: str, fn, *args: Any, **kw: Any) -> Any:
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(*args, **kw)
+        except ApiException as exc:
+            detail = exc.reason
+            try:
+                detail = json.loads(exc.body).get("message", detail)
+            except (TypeError, ValueError):
+                pass
+            raise KubeError(f"{what}: {detail}") from None
+        except HTTPError as exc:
+            raise KubeError(f"{what}: cannot reach the API server ({exc})") from None
+
+    def submit(self, job: RazorJob, namespace: str) -> dict[str, Any]:
+        body = job.to_dict()
+        body["metadata"]["namespace"] = namespace
+        return self._call(f"creating RazorJob {namespace}/{job.name}",
+                          self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body)
+
+    def get(self, name: str, namespace: str) -> dict[str, Any]:
+        return self._call(f"RazorJob {namespace}/{name}", self.custom.get_namespaced_custom_object,
+                          GROUP, VERSION, namespace, PLURAL, name)
+
+    def list(self, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace is None:
+            out = self._call("listing RazorJobs", self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        else:
+            out = self._call("listing RazorJobs", self.custom.list_namespaced_custom_object,
+                             GROUP, VERSION, namespace, PLURAL)
+        return out.get("items", [])
+
+    def cancel(self, name: str, namespace: str) -> None:
+        self._call(f"deleting RazorJob {namespace}/{name}", self.custom.delete_namespaced_custom_object,
+                   GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background")
+
+    def logs(self, name: str, namespace: str, rank: int, follow: bool, out: IO[str]) -> None:
+        pod = f"{name}-{rank}"
+        resp = self._call(f"logs of pod {namespace}/{pod}", self.core.read_namespaced_pod_log, pod, namespace,
+                          container=kube.CONTAINER, follow=follow, _preload_content=False)
+        for chunk in resp.stream(4096):
+            out.write(chunk.decode(errors="replace"))
+            out.flush()
+
+    def wait(self, name: str, namespace: str, timeout: float, interval: float = 1.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            obj = self.get(name, namespace)
+            if (obj.get("status") or {}).get("phase") in FINISHED:
+                return obj
+            if time.monotonic() > deadline:
+                raise KubeError(f"RazorJob {namespace}/{name} did not finish within {timeout:g}s")
+            time.sleep(interval)
+
+
+def _age(ts: str | None) -> str:
+    if not ts:
+        return "-"
+    then = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    secs = int((datetime.now(timezone.utc) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def table(items: list[dict[str, Any]], all_namespaces: bool) -> str:
+    rows = [["NAMESPACE"] if all_namespaces else []]
+    rows[0] += ["NAME", "PHASE", "NODES", "GPUS", "RESTARTS", "AGE"]
+    for it in items:
+        st, sp, md = it.get("status") or {}, it.get("spec") or {}, it["metadata"]
+        row = [md["namespace"]] if all_namespaces else []
+        row += [md["name"], st.get("phase", "-"), str(sp.get("nnodes", "-")), str(sp.get("gpusPerNode", "-")),
+                str(st.get("restarts", 0)), _age(md.get("creationTimestamp"))]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+
+
+def describe(obj: dict[str, Any]) -> str:
+    md, st = obj["metadata"], obj.get("status") or {}
+    lines = [f"RazorJob {md['namespace']}/{md['name']}: {st.get('phase', 'not yet seen by the operator')}"]
+    if st.get("message"):
+        lines.append(f"  message:  {st['message']}")
+    lines.append(f"  attempt:  {st.get('attempt', 1)}, restarts: {st.get('restarts', 0)}")
+    for key in ("startTime", "completionTime", "port"):
+        if st.get(key):
+            lines.append(f"  {key}: {st[key]}")
+    for rank in st.get("ranks") or []:
+        code = f" exit code {rank['exitCode']}" if "exitCode" in rank else ""
+        why = f" ({rank['reason']})" if rank.get("reason") else ""
+        lines.append(f"  rank {rank['rank']}: {rank.get('pod', '')} {rank.get('phase', '')}{code}{why}")
+    for cond in st.get("conditions") or []:
+        lines.append(f"  condition {cond['type']}={cond['status']} ({cond.get('reason', '')}) "
+                     f"{cond.get('message', '')}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def dump(obj: Any, fmt: str, out: IO[str] = sys.stdout) -> None:
+    out.write(json.dumps(obj, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(obj, sort_keys=False))
