@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.razor-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-local bench clean
+.PHONY: install k8s-binaries demo test test-local bench clean
 
 install: $(STAMP)
 
@@ -22,10 +22,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[trainer,operator,test]'
 	@touch $(STAMP)
 
+# etcd, kube-apiserver, kube-controller-manager and kubectl built from the upstream Go
+# modules, cached by version in ~/.cache/razor/k8s (the first build takes a while).
+k8s-binaries:
+	@scripts/k8s-binaries.sh >/dev/null
+
 demo: install
 	$(VENV)/bin/razorctl submit --local examples/razorjob-digits-kd.yaml
 
-test: install
+test: install k8s-binaries
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-local: install

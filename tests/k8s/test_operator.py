@@ -1,0 +1,267 @@
+"""The operator against a real kube-apiserver: tests set pod status as a kubelet would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.k8s
+
+GROUP, VERSION, PLURAL = "razor.dev", "v1alpha1", "razorjobs"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Operator:
+    """razor-operator as a process, the way a Deployment would run it."""
+
+    def __init__(self, cluster, namespace: str, log_path):
+        self.cluster, self.namespace, self.log_path = cluster, namespace, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Operator":
+        port = _free_port()
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "razor_operator", "--kubeconfig", str(self.cluster.kubeconfig),
+             "--namespace", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.cluster.env())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"operator not alive in 60s: {self.log_path.read_text()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def api(cluster):
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
+    api_client = client.ApiClient(cfg)
+    yield client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    api_client.close()
+
+
+@pytest.fixture
+def operator(cluster, namespace, tmp_path):
+    op = Operator(cluster, namespace, tmp_path / "operator.log").start()
+    yield op
+    op.kill(signal.SIGTERM)
+
+
+def create_job(api, namespace: str, name: str, **spec: Any) -> dict:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RazorJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"config": "trainer/configs/digits_kd.yaml", **spec}}
+    return api[1].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def get_job(api, namespace: str, name: str) -> dict:
+    return api[1].get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def pods_of(api, namespace: str, name: str) -> list:
+    return sorted(api[0].list_namespaced_pod(namespace, label_selector=f"razor.dev/job-name={name}").items,
+                  key=lambda p: p.metadata.name)
+
+
+def eventually(fn: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def phase_is(api, ns, name, phase):
+    return lambda: (get_job(api, ns, name).get("status") or {}).get("phase") == phase
+
+
+def kubelet(api, namespace: str, pod: str, phase: str, exit_code: int | None = None, reason: str | None = None):
+    """Set a pod's status as a kubelet would."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if phase == "Running":
+        state = {"running": {"startedAt": now}}
+    elif phase in ("Failed", "Succeeded"):
+        state = {"terminated": {"exitCode": exit_code if exit_code is not None else (0 if phase == "Succeeded" else 1),
+                                "reason": reason or ("Completed" if phase == "Succeeded" else "Error"),
+                                "startedAt": now, "finishedAt": now}}
+    else:
+        state = {"waiting": {"reason": "ContainerCreating"}}
+    status = {"phase": phase, "containerStatuses": [{
+        "name": "trainer", "ready": phase == "Running", "restartCount": 0, "image": "razor-trainer",
+        "imageID": "", "state": state}]}
+    api[0].patch_namespaced_pod_status(pod, namespace, {"status": status})
+
+
+def all_pods(api, ns, name, n, attempt=None):
+    def check():
+        pods = pods_of(api, ns, name)
+        if attempt is not None:
+            pods = [p for p in pods if p.metadata.labels["razor.dev/attempt"] == str(attempt)
+                    and not p.metadata.deletion_timestamp]
+        return pods if len(pods) == n else None
+    return check
+
+
+def run_all(api, ns, name, n, attempt=1):
+    pods = eventually(all_pods(api, ns, name, n, attempt), what=f"{n} pods of attempt {attempt}")
+    for pod in pods:
+        kubelet(api, ns, pod.metadata.name, "Running")
+    eventually(phase_is(api, ns, name, "Running"), what="phase Running")
+    return pods
+
+
+def test_four_node_job_gets_a_headless_service_and_four_pods_with_the_contract(api, namespace, operator):
+    create_job(api, namespace, "kd", nnodes=4, gpusPerNode=2, image="razor-trainer:test",
+               resources={"requests": {"cpu": "2"}, "shmSize": "2Gi"})
+    pods = eventually(all_pods(api, namespace, "kd", 4), what="4 pods")
+    svc = api[0].read_namespaced_service("kd", namespace)
+    assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses is True
+    for rank, pod in enumerate(pods):
+        assert pod.metadata.name == f"kd-{rank}"
+        assert (pod.spec.hostname, pod.spec.subdomain, pod.spec.restart_policy) == (f"kd-{rank}", "kd", "Never")
+        c = pod.spec.containers[0]
+        env = {e.name: e.value for e in c.env}
+        assert env["MASTER_ADDR"] == f"kd-0.kd.{namespace}.svc" and env["MASTER_PORT"] == "29500"
+        assert (env["NNODES"], env["NODE_RANK"], env["NPROC_PER_NODE"], env["GPUS_PER_NODE"]) == \
+            ("4", str(rank), "2", "2")
+        assert env["PET_NODE_RANK"] == str(rank) and env["RAZOR_ATTEMPT"] == "1"
+        assert env["RAZOR_JOB_NAME"] == "kd"
+        assert c.resources.limits == {"nvidia.com/gpu": "2"}
+        assert c.resources.requests == {"cpu": "2", "nvidia.com/gpu": "2"}  # the API server copies the limit
+        shm = next(v for v in pod.spec.volumes if v.name == "dshm")
+        assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "2Gi"
+        assert pod.metadata.owner_references[0].kind == "RazorJob"
+    status = get_job(api, namespace, "kd")["status"]
+    assert any(c["type"] == "Created" and c["status"] == "True" for c in status["conditions"])
+
+
+def test_a_failed_rank_restarts_the_gang_until_the_backoff_limit(api, namespace, operator):
+    create_job(api, namespace, "gang", nnodes=4, backoffLimit=1)
+    run_all(api, namespace, "gang", 4)
+    kubelet(api, namespace, "gang-2", "Failed", 137, "OOMKilled")
+    eventually(lambda: (get_job(api, namespace, "gang")["status"].get("attempt") == 2), what="attempt 2")
+    seen_restarting = get_job(api, namespace, "gang")["status"]
+    assert seen_restarting["restarts"] == 1
+    pods = run_all(api, namespace, "gang", 4, attempt=2)
+    assert all({e.name: e.value for e in p.spec.containers[0].env}["RAZOR_ATTEMPT"] == "2" for p in pods)
+    st = get_job(api, namespace, "gang")["status"]
+    restarting = next(c for c in st["conditions"] if c["type"] == "Restarting")
+    assert restarting["status"] == "False" and st["phase"] == "Running" and st["restarts"] == 1
+    events = api[0].list_namespaced_event(namespace, field_selector="involvedObject.name=gang").items
+    assert any(e.reason == "Restarting" and e.type == "Warning" and
+               "rank 2 (pod gang-2) exited with code 137 (OOMKilled)" in e.message for e in events)
+    kubelet(api, namespace, "gang-2", "Failed", 137, "OOMKilled")
+    eventually(phase_is(api, namespace, "gang", "Failed"), what="phase Failed")
+    st = get_job(api, namespace, "gang")["status"]
+    assert st["message"] == ("rank 2 (pod gang-2) exited with code 137 (OOMKilled); "
+                             "backoffLimit 1 reached after 1 restart(s)")
+    assert st["completionTime"]
+    events = api[0].list_namespaced_event(namespace, field_selector="involvedObject.name=gang").items
+    assert {"Created", "Running", "Restarting", "BackoffLimitExceeded"} <= {e.reason for e in events}
+
+
+def test_a_permanent_exit_code_fails_at_once(api, namespace, operator):
+    create_job(api, namespace, "perm", nnodes=2, backoffLimit=5)
+    run_all(api, namespace, "perm", 2)
+    kubelet(api, namespace, "perm-1", "Failed", 2, "Error")
+    eventually(phase_is(api, namespace, "perm", "Failed"), what="phase Failed")
+    st = get_job(api, namespace, "perm")["status"]
+    assert st["restarts"] == 0 and "exit code 2 is permanent" in st["message"]
+
+
+def test_all_ranks_succeeded(api, namespace, operator):
+    create_job(api, namespace, "ok", nnodes=2)
+    run_all(api, namespace, "ok", 2)
+    for rank in range(2):
+        kubelet(api, namespace, f"ok-{rank}", "Succeeded", 0)
+    eventually(phase_is(api, namespace, "ok", "Succeeded"), what="phase Succeeded")
+    st = get_job(api, namespace, "ok")["status"]
+    assert st["completionTime"] and st["startTime"]
+
+
+def test_two_host_network_jobs_get_different_ports(api, namespace, operator):
+    create_job(api, namespace, "hn-a", nnodes=2, hostNetwork=True)
+    create_job(api, namespace, "hn-b", nnodes=2, hostNetwork=True)
+    ports = []
+    for name in ("hn-a", "hn-b"):
+        pods = eventually(all_pods(api, namespace, name, 2), what=f"pods of {name}")
+        env = {e.name: e.value for e in pods[0].spec.containers[0].env}
+        assert pods[0].spec.host_network is True and pods[0].spec.dns_policy == "ClusterFirstWithHostNet"
+        ports.append(int(env["MASTER_PORT"]))
+        assert get_job(api, namespace, name)["status"]["port"] == ports[-1]
+    assert ports[0] != ports[1]
+
+
+def test_operator_killed_while_creating_32_pods_never_duplicates(api, cluster, namespace, tmp_path):
+    op = Operator(cluster, namespace, tmp_path / "op1.log").start()
+    create_job(api, namespace, "big", nnodes=32)
+    eventually(lambda: len(pods_of(api, namespace, "big")) > 0, what="the first pod")
+    op.kill(signal.SIGKILL)
+    op2 = Operator(cluster, namespace, tmp_path / "op2.log").start()
+    try:
+        pods = eventually(all_pods(api, namespace, "big", 32), what="32 pods")
+        time.sleep(2)  # any duplicate would show up now
+        names = [p.metadata.name for p in pods_of(api, namespace, "big")]
+        assert names == sorted(f"big-{r}" for r in range(32)) and len(set(names)) == 32
+    finally:
+        op2.kill(signal.SIGTERM)
+
+
+def test_suspend_resume_ttl_and_delete_leave_no_pod_behind(api, namespace, operator):
+    create_job(api, namespace, "sus", nnodes=2, ttlSecondsAfterFinished=1)
+    run_all(api, namespace, "sus", 2)
+    api[1].patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sus", {"spec": {"suspend": True}})
+    eventually(phase_is(api, namespace, "sus", "Suspended"), what="phase Suspended")
+    eventually(lambda: pods_of(api, namespace, "sus") == [], what="no pods while suspended")
+    api[1].patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sus", {"spec": {"suspend": False}})
+    run_all(api, namespace, "sus", 2)
+    for rank in range(2):
+        kubelet(api, namespace, f"sus-{rank}", "Succeeded", 0)
+
+    def gone():
+        try:
+            get_job(api, namespace, "sus")
+            return False
+        except Exception as exc:  # 404 once the TTL deleted it
+            return getattr(exc, "status", None) == 404
+    eventually(gone, timeout=60, what="the TTL to delete the job")
+    eventually(lambda: pods_of(api, namespace, "sus") == [], timeout=60, what="garbage collection of pods")
+
+    create_job(api, namespace, "del", nnodes=3)
+    eventually(all_pods(api, namespace, "del", 3), what="3 pods")
+    api[1].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "del")
+    eventually(lambda: pods_of(api, namespace, "del") == [], timeout=60, what="garbage collection of pods")
+    eventually(lambda: not api[0].list_namespaced_service(namespace).items, timeout=60, what="service GC")

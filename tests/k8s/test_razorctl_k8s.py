@@ -1,0 +1,97 @@
+"""razorctl against a real API server: submit, render, status, list, wait, logs, cancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s.test_operator import Operator, all_pods, eventually, get_job, kubelet, phase_is, pods_of
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "razorjob-digits-kd.yaml"
+
+
+def razor_env(cluster) -> dict[str, str]:
+    env = cluster.env(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def razorctl(cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "razor.cli", *args], cwd=ROOT, env=razor_env(cluster),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def api(cluster):
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
+    with client.ApiClient(cfg) as c:
+        yield client.CoreV1Api(c), client.CustomObjectsApi(c)
+
+
+def test_submit_status_list_wait_cancel(cluster, namespace, api, tmp_path):
+    op = Operator(cluster, namespace, tmp_path / "operator.log").start()
+    try:
+        res = razorctl(cluster, "submit", str(EXAMPLE), "-n", namespace)
+        assert res.returncode == 0, res.stderr
+        assert f"razorjob.razor.dev/digits-kd created in namespace {namespace}" in res.stdout
+        pods = eventually(all_pods(api, namespace, "digits-kd", 2), what="2 pods")
+
+        # render prints exactly what the operator created (but for the owner's uid).
+        rendered = list(yaml.safe_load_all(razorctl(cluster, "render", str(EXAMPLE), "-n", namespace).stdout))
+        assert [o["kind"] for o in rendered] == ["Service", "Pod", "Pod"]
+        for obj, pod in zip(rendered[1:], pods):
+            env = {e.name: e.value for e in pod.spec.containers[0].env}
+            assert {e["name"]: e["value"] for e in obj["spec"]["containers"][0]["env"]} == env
+            assert obj["spec"]["containers"][0]["args"] == pod.spec.containers[0].args
+
+        res = razorctl(cluster, "list", "-n", namespace)
+        assert res.returncode == 0 and "digits-kd" in res.stdout and "NAME" in res.stdout
+        res = razorctl(cluster, "list", "-A")
+        assert namespace in res.stdout
+
+        for pod in pods:
+            kubelet(api, namespace, pod.metadata.name, "Running")
+        eventually(phase_is(api, namespace, "digits-kd", "Running"), what="Running")
+        res = razorctl(cluster, "status", "digits-kd", "-n", namespace)
+        assert f"RazorJob {namespace}/digits-kd: Running" in res.stdout
+        assert "rank 1: digits-kd-1 Running" in res.stdout
+        assert yaml.safe_load(razorctl(cluster, "status", "digits-kd", "-n", namespace, "-o", "yaml").stdout
+                              )["status"]["phase"] == "Running"
+
+        waiter = subprocess.Popen([sys.executable, "-m", "razor.cli", "wait", "digits-kd", "-n", namespace,
+                                   "--timeout", "60"], cwd=ROOT, env=razor_env(cluster),
+                                  stdout=subprocess.PIPE, text=True)
+        for pod in pods:
+            kubelet(api, namespace, pod.metadata.name, "Succeeded", 0)
+        out, _ = waiter.communicate(timeout=90)
+        assert waiter.returncode == 0 and "Succeeded" in out
+
+        res = razorctl(cluster, "cancel", "digits-kd", "-n", namespace)
+        assert res.returncode == 0 and "deleted" in res.stdout
+        eventually(lambda: pods_of(api, namespace, "digits-kd") == [], timeout=60, what="pods gone")
+    finally:
+        op.kill(signal.SIGTERM)
+
+
+def test_clear_errors(cluster, namespace):
+    res = razorctl(cluster, "status", "nope", "-n", namespace)
+    assert res.returncode == 1 and f"razorctl: error: RazorJob {namespace}/nope:" in res.stderr
+    assert "not found" in res.stderr and "Traceback" not in res.stderr
+    res = razorctl(cluster, "submit", str(ROOT / "tests" / "bad_specs" / "nnodes-zero.yaml"), "-n", namespace)
+    assert res.returncode == 2 and "spec.nnodes: must be greater than or equal to 1" in res.stderr
+    res = razorctl(cluster, "submit", str(EXAMPLE), "-n", namespace)
+    assert res.returncode == 0
+    res = razorctl(cluster, "submit", str(EXAMPLE), "-n", namespace)
+    assert res.returncode == 1 and "already exists" in res.stderr
+    res = razorctl(cluster, "logs", "digits-kd", "-n", namespace, "--rank", "5")
+    assert res.returncode == 1 and "logs of pod" in res.stderr and "Traceback" not in res.stderr

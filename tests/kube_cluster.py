@@ -1,0 +1,463 @@
+"""A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager.
+
+    with ControlPlane(crds=[ROOT / "crds" / "razorjob.yaml"]) as cp:
+        cp.kubectl("get", "namespaces")
+        subprocess.run(["razorctl", ...], env=cp.env())
+
+Everything listens on 127.0.0.1 only, on ports picked free at start. The binaries come from
+``$RAZOR_K8S_BIN`` or else from ``scripts/k8s-binaries.sh`` (which builds and caches them; its last
+line of stdout is the bin dir). Certificates and keys are made with the ``openssl`` command: a CA, a
+serving certificate for 127.0.0.1/localhost signed by it, and the service-account signing key. The
+admin is a bearer token (group ``system:masters``) from a token file; a kubeconfig with a context
+``razor-test`` carries it, for kubectl and for the controller manager.
+
+There is no kubelet and no scheduler: pods are stored, never run. The controller manager runs only
+the garbage collector (ownerReferences), the namespace controller (deleting a namespace deletes its
+contents) and the service-account controllers (the ``default`` ServiceAccount of each namespace,
+which pod admission needs, and service-account token secrets).
+
+CRDs passed as ``crds`` are applied (``kubectl apply -f``) and waited for (Established) *before* the
+controller manager starts, so that the garbage collector's first discovery already knows their
+kinds: it rediscovers only every 30 s, and until then it cannot follow ownerReferences to them.
+
+All waits are bounded; a component that fails to start raises :class:`ControlPlaneError` with the
+tail of its log. Logs are written in the temp dir, which is kept when the start fails (or with
+``keep=True`` / ``RAZOR_K8S_KEEP=1``) and removed otherwise. On exit every process is terminated
+(SIGTERM, then SIGKILL after a grace period); on Linux they also get SIGKILL if the Python process
+dies first, so none is left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARIES_SCRIPT = ROOT / "scripts" / "k8s-binaries.sh"
+
+#: The controllers kube-controller-manager runs.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+)
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+CONTEXT = "razor-test"
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be started (the message carries the relevant log tail)."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl exited non-zero; the message has its stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
+
+
+def find_binaries(timeout: float = 3600) -> Path:
+    """The directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
+
+    ``$RAZOR_K8S_BIN`` if set, else the last line ``scripts/k8s-binaries.sh`` prints (a first build
+    of the binaries takes a long time; a cached one, about a second).
+    """
+    env_dir = os.environ.get("RAZOR_K8S_BIN")
+    if env_dir:
+        bin_dir = Path(env_dir)
+    else:
+        try:
+            out = subprocess.run([str(BINARIES_SCRIPT)], capture_output=True, text=True,
+                                 timeout=timeout, cwd=ROOT)
+        except subprocess.TimeoutExpired as e:
+            raise ControlPlaneError(f"{BINARIES_SCRIPT} did not finish in {timeout:.0f}s") from e
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            raise ControlPlaneError(
+                f"{BINARIES_SCRIPT} failed (exit {out.returncode}):\n{_tail_text(out.stderr)}")
+        bin_dir = Path(lines[-1])
+    missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+               if not os.access(bin_dir / b, os.X_OK)]
+    if missing:
+        raise ControlPlaneError(f"not found or not executable in {bin_dir}: {', '.join(missing)}")
+    return bin_dir
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail_text(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover
+        return None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the thread that started it dies (Linux's
+    PR_SET_PDEATHSIG), so that a killed test run leaves no component behind."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)
+
+
+class _Process:
+    """One component: its Popen and its log file."""
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log = log
+        with open(log, "wb") as f:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if _LIBC is not None else None)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return _tail_text(text, lines)
+
+    def stop(self, grace: float) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover (SIGKILL is not refused)
+            pass
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager on loopback, for tests; a context manager.
+
+    Attributes once started: ``server`` (https://127.0.0.1:PORT), ``token`` (the admin's bearer
+    token), ``ca_file``, ``kubeconfig`` (a file with the context ``razor-test``, namespace default),
+    ``dir`` (the temp dir with certificates, data and logs), ``bin_dir``, ``flags`` (each
+    component's command-line flags) and ``startup_seconds`` (from the certificates to a ready
+    controller manager; finding the binaries is not counted).
+    """
+
+    def __init__(self, *, bin_dir: Path | str | None = None, crds: Sequence[Path | str] = (),
+                 start_timeout: float = 60, keep: bool | None = None, stop_grace: float = 5) -> None:
+        self.bin_dir = Path(bin_dir) if bin_dir else None
+        self.crds = [Path(c) for c in crds]
+        self.start_timeout = start_timeout
+        self.keep = keep if keep is not None else os.environ.get("RAZOR_K8S_KEEP") == "1"
+        self.stop_grace = stop_grace
+        self.dir: Path | None = None
+        self.server = ""
+        self.token = ""
+        self.ca_file = Path()
+        self.kubeconfig = Path()
+        self.startup_seconds = 0.0
+        self.flags: dict[str, list[str]] = {}
+        self._procs: list[_Process] = []
+
+    # ---- context manager ---------------------------------------------------------------------------
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ---- public API -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start everything and wait until it is ready; on failure, stop what started and raise."""
+        if self.bin_dir is None:
+            self.bin_dir = find_binaries()
+        t0 = time.monotonic()
+        self.dir = Path(tempfile.mkdtemp(prefix="razor-k8s-"))
+        try:
+            self._make_credentials()
+            deadline = time.monotonic() + self.start_timeout
+            self._start_etcd_and_apiserver(deadline)
+            self._write_kubeconfig()
+            for crd in self.crds:
+                self.apply_crd(crd, timeout=max(1.0, deadline - time.monotonic()))
+            self._start_controller_manager(deadline)
+        except BaseException as e:
+            logs = self.dir
+            self._stop_processes()
+            self.keep = True  # the logs stay for a look
+            if isinstance(e, ControlPlaneError):
+                raise ControlPlaneError(f"{e}\n(logs in {logs})") from None
+            raise
+        self.startup_seconds = time.monotonic() - t0
+
+    def stop(self) -> None:
+        """Stop every component (SIGTERM, SIGKILL after the grace period), then remove the temp dir."""
+        self._stop_processes()
+        if self.dir is not None and not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """An environment for subprocesses (``os.environ`` or ``base``) with KUBECONFIG set."""
+        env = dict(os.environ if base is None else base)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this control plane; text output captured.
+
+        With ``check``, a non-zero exit raises :class:`KubectlError` (its message has the stderr).
+        """
+        assert self.bin_dir is not None, "not started"
+        argv = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        out = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+                             env=self.env())
+        if check and out.returncode != 0:
+            raise KubectlError(out.returncode, argv, out.stdout, out.stderr)
+        return out
+
+    def apply_crd(self, path: Path | str, timeout: float = 30) -> None:
+        """``kubectl apply -f`` a CRD file and wait until every CRD in it is Established."""
+        out = self.kubectl("apply", "-f", str(path), "-o", "name", check=False)
+        if out.returncode != 0:
+            raise ControlPlaneError(f"kubectl apply -f {path} refused:\n{out.stderr.strip()}")
+        names = [n for n in out.stdout.split() if n]
+        done = self.kubectl("wait", "--for=condition=Established", f"--timeout={max(1, int(timeout))}s",
+                            *names, check=False, timeout=timeout + 10)
+        if done.returncode != 0:
+            raise ControlPlaneError(f"{' '.join(names)} not Established in {timeout:.0f}s: "
+                                    f"{done.stderr.strip()}")
+
+    def request(self, path: str, timeout: float = 5) -> tuple[int, str]:
+        """GET ``path`` from the API server as the admin: (HTTP status, body)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(self.server + path,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    # ---- start-up ----------------------------------------------------------------------------------
+    def _openssl(self, *args: str) -> None:
+        out = subprocess.run(["openssl", *args], cwd=self.dir, capture_output=True, text=True,
+                             timeout=30)
+        if out.returncode != 0:
+            raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{out.stderr.strip()}")
+
+    def _make_credentials(self) -> None:
+        """CA, serving certificate, service-account key pair (all ECDSA P-256: fast) and the token."""
+        assert self.dir is not None
+        if shutil.which("openssl") is None:
+            raise ControlPlaneError("the openssl command is needed to make the certificates")
+        d = self.dir
+        ec = ("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+        for key in ("ca.key", "apiserver.key", "sa.key"):
+            self._openssl(*ec, "-out", key)
+        self._openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        self._openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "2", "-subj", "/CN=razor-test-ca",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", "ca.crt")
+        (d / "apiserver.ext").write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        self._openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver",
+                      "-out", "apiserver.csr")
+        self._openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                      "-CAcreateserial", "-days", "2", "-extfile", "apiserver.ext", "-out", "apiserver.crt")
+        self.ca_file = d / "ca.crt"
+        self.token = secrets.token_hex(24)
+        tokens = d / "tokens.csv"
+        tokens.write_text(f'{self.token},razor-test-admin,razor-test-admin,"system:masters"\n')
+        tokens.chmod(0o600)
+
+    def _start_etcd_and_apiserver(self, deadline: float) -> None:
+        """Start etcd and kube-apiserver together (the apiserver waits for etcd) until /readyz is ok.
+
+        A port taken between picking it and binding it is retried with new ports (twice).
+        """
+        for attempt in range(3):
+            try:
+                self._try_start_etcd_and_apiserver(deadline)
+                return
+            except ControlPlaneError as e:
+                if attempt == 2 or "address already in use" not in str(e):
+                    raise
+                self._stop_processes()
+
+    def _try_start_etcd_and_apiserver(self, deadline: float) -> None:
+        assert self.dir is not None and self.bin_dir is not None
+        d = self.dir
+        client, peer, secure = free_port(), free_port(), free_port()
+        etcd_url = f"http://127.0.0.1:{client}"
+        data = d / "etcd"
+        shutil.rmtree(data, ignore_errors=True)
+        self.flags["etcd"] = [
+            "--name=razor-test", f"--data-dir={data}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=razor-test=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync=true", "--log-level=warn",
+        ]
+        self.server = f"https://127.0.0.1:{secure}"
+        self.flags["kube-apiserver"] = [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={secure}", "--advertise-address=127.0.0.1",
+            f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--client-ca-file={d / 'ca.crt'}",
+            f"--token-auth-file={d / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={self.server}",
+            f"--service-account-key-file={d / 'sa.pub'}",
+            f"--service-account-signing-key-file={d / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--allow-privileged=true",
+            # Loopback cannot be the kubernetes Service's endpoint: no reconciler, no error loop.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ]
+        self._procs.append(_Process("etcd", [str(self.bin_dir / "etcd"), *self.flags["etcd"]],
+                                    d / "etcd.log"))
+        apiserver = _Process("kube-apiserver",
+                             [str(self.bin_dir / "kube-apiserver"), *self.flags["kube-apiserver"]],
+                             d / "kube-apiserver.log")
+        self._procs.append(apiserver)
+
+        last = ""
+        while True:
+            for p in self._procs:
+                if not p.alive():
+                    raise ControlPlaneError(
+                        f"{p.name} exited ({p.popen.returncode}) during start-up; last lines of "
+                        f"{p.log}:\n{p.tail()}")
+            try:
+                status, body = self.request("/readyz", timeout=2)
+                if status == 200 and body.strip() == "ok":
+                    return
+                last = f"HTTP {status}: {body.strip()[:200]}"
+            except (OSError, ssl.SSLError) as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                _, verbose = self._safe_request("/readyz?verbose")
+                raise ControlPlaneError(
+                    f"kube-apiserver not ready at {self.server} after {self.start_timeout:.0f}s "
+                    f"({last}).\n/readyz?verbose:\n{_tail_text(verbose, 30)}\n"
+                    f"last lines of {apiserver.log}:\n{apiserver.tail()}")
+            time.sleep(0.1)
+
+    def _safe_request(self, path: str) -> tuple[int, str]:
+        try:
+            return self.request(path, timeout=2)
+        except (OSError, ssl.SSLError) as e:
+            return 0, str(e)
+
+    def _write_kubeconfig(self) -> None:
+        assert self.dir is not None
+        ca = base64.b64encode(self.ca_file.read_bytes()).decode()
+        config = {
+            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": CONTEXT, "cluster": {"server": self.server,
+                                                       "certificate-authority-data": ca}}],
+            "users": [{"name": "razor-test-admin", "user": {"token": self.token}}],
+            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": "razor-test-admin",
+                                                       "namespace": "default"}}],
+            "current-context": CONTEXT,
+        }
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.kubeconfig.chmod(0o600)
+
+    def _start_controller_manager(self, deadline: float) -> None:
+        """Start kube-controller-manager; ready once its service-account controller has made the
+        ``default`` ServiceAccount in the namespace ``default`` (so its controllers run)."""
+        assert self.dir is not None and self.bin_dir is not None
+        d = self.dir
+        self.flags["kube-controller-manager"] = [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--controllers={','.join(CONTROLLERS)}",
+            "--leader-elect=false",
+            "--secure-port=0",  # no HTTPS endpoint of its own: nothing to authenticate, no port
+            f"--service-account-private-key-file={d / 'sa.key'}",
+            f"--root-ca-file={self.ca_file}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--profiling=false",
+        ]
+        kcm = _Process("kube-controller-manager",
+                       [str(self.bin_dir / "kube-controller-manager"),
+                        *self.flags["kube-controller-manager"]],
+                       d / "kube-controller-manager.log")
+        self._procs.append(kcm)
+        self._wait(lambda: self._safe_request(
+            "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            deadline, "kube-controller-manager did not create the default ServiceAccount", kcm)
+
+    def _wait(self, ready: Callable[[], bool], deadline: float, what: str, proc: _Process) -> None:
+        while not ready():
+            if not proc.alive():
+                raise ControlPlaneError(f"{proc.name} exited ({proc.popen.returncode}) during start-up; "
+                                        f"last lines of {proc.log}:\n{proc.tail()}")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"{what} in {self.start_timeout:.0f}s; last lines of "
+                                        f"{proc.log}:\n{proc.tail()}")
+            time.sleep(0.1)
+
+    def _stop_processes(self) -> None:
+        """Controller manager and API server first (together), etcd last."""
+        procs, self._procs = self._procs, []
+        clients = [p for p in procs if p.name != "etcd"]
+        for p in clients:
+            if p.alive():
+                p.popen.terminate()
+        for p in clients:
+            p.stop(self.stop_grace)
+        for p in procs:
+            if p.name == "etcd":
+                p.stop(self.stop_grace)
+
+
+if __name__ == "__main__":  # python tests/kube_cluster.py: start, time, print, stop
+    t = time.monotonic()
+    with ControlPlane(crds=[ROOT / "crds" / "razorjob.yaml"]) as cp:
+        print(f"started in {cp.startup_seconds:.2f}s: {cp.server} (kubeconfig {cp.kubeconfig})")
+        for name, flags in cp.flags.items():
+            print(f"{name} {' '.join(flags)}")
+        print(cp.kubectl("get", "namespaces,serviceaccounts,crds", "-A").stdout)
+        t_stop = time.monotonic()
+    print(f"stopped in {time.monotonic() - t_stop:.2f}s; total {time.monotonic() - t:.2f}s")
