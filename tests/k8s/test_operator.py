@@ -36,10 +36,12 @@ class Operator:
 
     def start(self) -> "Operator":
         port = _free_port()
+        self.metrics_port = _free_port()
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "razor_operator", "--kubeconfig", str(self.cluster.kubeconfig),
-             "--namespace", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"],
+             "--namespace", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz",
+             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.cluster.env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -166,6 +168,10 @@ def test_four_node_job_gets_a_headless_service_and_four_pods_with_the_contract(a
         assert pod.metadata.owner_references[0].kind == "RazorJob"
     status = get_job(api, namespace, "kd")["status"]
     assert any(c["type"] == "Created" and c["status"] == "True" for c in status["conditions"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert "razor_pods_created_total 4.0" in metrics
+    assert 'razor_jobs{phase="Pending"} 1.0' in metrics and "razor_reconcile_seconds_count" in metrics
 
 
 def test_a_failed_rank_restarts_the_gang_until_the_backoff_limit(api, namespace, operator):
