@@ -230,9 +230,13 @@ class ControlPlane:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """An environment for subprocesses (``os.environ`` or ``base``) with KUBECONFIG set."""
+        """An environment for subprocesses (``os.environ`` or ``base``) with KUBECONFIG set, and
+        KUBECACHEDIR in the temp dir (kubectl's discovery cache, keyed by host:port, would otherwise
+        pile up in ~/.kube/cache and could be stale for a later cluster on the same port)."""
         env = dict(os.environ if base is None else base)
         env["KUBECONFIG"] = str(self.kubeconfig)
+        if self.dir is not None:
+            env["KUBECACHEDIR"] = str(self.dir / "kube-cache")
         return env
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
@@ -296,7 +300,10 @@ class ControlPlane:
             "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            # Key identifiers: verifiers in strict mode (Python 3.13's default) require them.
+            "subjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid,issuer\n")
         self._openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver",
                       "-out", "apiserver.csr")
         self._openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
@@ -341,7 +348,6 @@ class ControlPlane:
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", f"--secure-port={secure}", "--advertise-address=127.0.0.1",
             f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
-            f"--client-ca-file={d / 'ca.crt'}",
             f"--token-auth-file={d / 'tokens.csv'}",
             "--authorization-mode=RBAC",
             f"--service-account-issuer={self.server}",

@@ -210,6 +210,15 @@ def test_what_only_razorctl_refuses_is_stored(cluster: ControlPlane, namespace: 
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.parametrize("codes", [[0], [2, 256]])
+def test_exit_codes_out_of_range_are_refused(cluster: ControlPlane, namespace: str, codes: list[int]):
+    doc = {"apiVersion": "razor.dev/v1alpha1", "kind": "RazorJob", "metadata": {"name": "codes"},
+           "spec": {"config": "trainer/configs/digits_mlp.yaml", "permanentExitCodes": codes}}
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert out.returncode != 0
+    assert names_field(out.stderr, f"spec.permanentExitCodes[{len(codes) - 1}]"), out.stderr
+
+
 # ---------------------------------------------------------------------------- garbage collection
 
 
@@ -238,3 +247,4 @@ def test_deleting_a_razorjob_collects_what_it_owns(cluster: ControlPlane, namesp
     # The other job's ConfigMap stays.
     assert cluster.kubectl("get", "configmap", "kept-cm", "-n", namespace, "-o", "name").stdout.strip() \
         == "configmap/kept-cm"
+
