@@ -63,7 +63,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     backend = _backend(args)
     if backend == "slurm":
-        return _unavailable(backend)
+        from . import slurm
+        from .backends import local
+
+        config = local.check(job, Path.cwd(), args.file)
+        sys.stdout.write(slurm.render(job, str(Path.cwd()), sys.executable, config))
+        return 0
     if backend == "kubernetes":
         from .backends import kubernetes
 
@@ -85,7 +90,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     backend = _backend(args)
     if backend == "slurm":
-        return _unavailable(backend)
+        from .backends import local, slurm
+
+        config = local.check(job, Path.cwd(), args.file)
+        job_id = slurm.submit(job, Path.cwd(), config)
+        print(f"razor: submitted RazorJob {job.name} as SLURM job {job_id}; logs in "
+              f"{job.spec.work_dir}/logs/")
+        print(f"  razorctl status --slurm {job_id}    razorctl logs --slurm -f {job_id}")
+        return 0
     if backend == "kubernetes":
         cluster, ns = _cluster(args)
         ns = args.namespace or job.metadata.namespace or ns
@@ -103,6 +115,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.slurm:
+        from .backends import slurm
+
+        st = slurm.status(slurm.find(args.name))
+        print(json.dumps(st.__dict__) if args.output == "json" else st.describe())
+        return 0
     from .backends import kubernetes
 
     cluster, ns = _cluster(args)
@@ -115,6 +133,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.slurm:
+        from .backends import slurm
+
+        sys.stdout.write(slurm.jobs())
+        return 0
     from .backends import kubernetes
 
     cluster, ns = _cluster(args)
@@ -127,12 +150,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.slurm:
+        from .backends import slurm
+
+        slurm.logs(slurm.find(args.name), args.rank, args.follow, sys.stdout)
+        return 0
     cluster, ns = _cluster(args)
-    cluster.logs(args.name, ns, args.rank, args.follow, sys.stdout)
+    cluster.logs(args.name, ns, args.rank or 0, args.follow, sys.stdout)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    if args.slurm:
+        from .backends import slurm
+
+        job_id = slurm.find(args.name)
+        slurm.cancel(job_id)
+        print(f"SLURM job {job_id} cancelled")
+        return 0
     cluster, ns = _cluster(args)
     cluster.cancel(args.name, ns)
     print(f"razorjob.razor.dev/{args.name} deleted (its pods and service go with it)")
@@ -140,6 +175,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
+    if args.slurm:
+        from .backends import slurm
+
+        st = slurm.wait(slurm.find(args.name), args.timeout)
+        print(st.describe())
+        return 0 if st.phase == "Succeeded" else 1
     from .backends import kubernetes
 
     cluster, ns = _cluster(args)
@@ -185,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("wait", cmd_wait, "wait until a job succeeds (exit 0) or fails (exit 1)"),
                              ("logs", cmd_logs, "a rank's output")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("name", help="RazorJob name")
+        p.add_argument("name", help="RazorJob name (with --slurm: the job id, or its name)")
+        p.add_argument("--slurm", action="store_true", help="a SLURM job")
         with_cluster(p)
         p.set_defaults(func=func)
         if name == "status":
@@ -194,9 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--timeout", type=float, default=3600, help="seconds (default 3600)")
         if name == "logs":
             p.add_argument("-f", "--follow", action="store_true", help="keep streaming")
-            p.add_argument("--rank", type=int, default=0, help="node rank (default 0)")
+            p.add_argument("--rank", type=int, default=None,
+                           help="node rank (default 0; with --slurm: the batch script's own log)")
 
     p = sub.add_parser("list", help="list jobs")
+    p.add_argument("--slurm", action="store_true", help="SLURM's queue")
     with_cluster(p)
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
