@@ -154,7 +154,7 @@ export GO111MODULE=on GOWORK=off CGO_ENABLED=0
 export GOFLAGS="-mod=mod -buildvcs=false -p=$BUILD_JOBS"
 TRIM_FLAGS=(-trimpath)
 
-log "$("$GO" version); building: $(echo $TODO) (Kubernetes $K8S_VERSION, staging $STAGING_VERSION, etcd $ETCD_VERSION)"
+log "$("$GO" version); building: $(tr "\n" " " <<<"$TODO")(Kubernetes $K8S_VERSION, staging $STAGING_VERSION, etcd $ETCD_VERSION)"
 log "cache: $VER_DIR"
 START=$SECONDS
 
