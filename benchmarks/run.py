@@ -1,8 +1,9 @@
 """Run every benchmark, print the results as markdown, and with --write rewrite docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--write]      (make bench: --write)
+    .venv/bin/python benchmarks/run.py [--quick] [--write] [--skip-k8s]      (make bench: --write)
 
---quick takes fewer repetitions (a smoke test; the medians are then rough).
+--quick takes fewer repetitions (a smoke test; the medians are then rough). --skip-k8s leaves out
+the operator benchmark (k8s_fanout.py), which starts a Kubernetes control plane on loopback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
+import k8s_fanout
 import launch_overhead
 import throughput
 from common import ROOT, median
@@ -28,10 +31,12 @@ class Settings:
     launch_repeat: int
     launch_warmup: int
     throughput_repeat: int
+    k8s_repeat: int = 3        # runs of the one-big-job fan-out
+    k8s_many_repeat: int = 1   # runs of the many-jobs case
 
 
-FULL = Settings(launch_repeat=5, launch_warmup=1, throughput_repeat=3)
-QUICK = Settings(launch_repeat=2, launch_warmup=1, throughput_repeat=2)
+FULL = Settings(launch_repeat=5, launch_warmup=1, throughput_repeat=3, k8s_repeat=3)
+QUICK = Settings(launch_repeat=2, launch_warmup=1, throughput_repeat=2, k8s_repeat=2)
 
 
 def cpu_model() -> str:
@@ -120,8 +125,95 @@ def throughput_notes(r: throughput.Result) -> str:
     )
 
 
-def results(lo: launch_overhead.Result, tp: throughput.Result) -> str:
-    """The results section: both tables, what they mean, the targets."""
+def k8s_notes(r: k8s_fanout.Result) -> str:
+    """What the operator benchmark's numbers say, from the numbers."""
+    med = k8s_fanout.Result.med
+    out = []
+    if r.fanout and r.fanout_bare:
+        ours, bare = med(r.fanout), med(r.fanout_bare)
+        created = median([x.creates_done for x in r.fanout])
+        settle = [x.settle for x in r.fanout if x.settle is not None]
+        recs = median([x.reconciles for x in r.fanout if x.reconciles is not None])
+        cpu = median([x.operator_cpu for x in r.fanout if x.operator_cpu is not None])
+        outcome = ("The target is met" if r.fanout_ok else "**The target is missed**")
+        text = (f"{outcome} for one {r.nodes}-node job: its {r.nodes} pods exist {ours:.2f} s after "
+                f"the create call (median), against {bare:.2f} s for the same pods created by the "
+                f"benchmark itself from {r.threads} threads (the operator creates a job's pods "
+                f"from its own pool, 32 threads by default, so it can be the faster side). The "
+                f"create call itself returns after {created:.2f} s; the rest is the operator "
+                "noticing the job and the API server storing the pods.")
+        if settle and recs >= r.nodes / 2:
+            text += (f" The pods are not the end of the operator's work: it stays busy for another "
+                     f"{median(settle):.1f} s ({cpu:.1f} s of CPU) and makes {recs:.0f} reconciles of "
+                     f"the one job. Every pod event reconciles the job, and every reconcile GETs the "
+                     f"job, LISTs all its pods and GETs its Service, so a job of n nodes costs about n "
+                     f"LISTs of up to n pods: quadratic. While that backlog runs, the operator's "
+                     f"handler threads wait on the job's lock, and other jobs' events wait behind them.")
+        out.append(text)
+    if r.many and r.many_bare:
+        ours, bare = med(r.many), med(r.many_bare)
+        n = r.jobs * r.job_nodes
+        recs = median([x.reconciles for x in r.many if x.reconciles is not None])
+        reqs = median([x.total_requests for x in r.many])
+        outcome = ("The target is met" if r.many_ok else "**The target is missed**")
+        out.append(
+            f"{outcome} for {r.jobs} jobs of {r.job_nodes} nodes created at once: all {n} pods exist "
+            f"{ours:.2f} s after the first create call, against {bare:.2f} s for {n} bare pod creates "
+            f"({ours / bare:.2f}x). The operator made {recs:,.0f} reconciles and the API server "
+            f"answered {reqs:,.0f} requests (the baseline: "
+            f"{median([x.total_requests for x in r.many_bare]):,.0f}): each job is reconciled once "
+            f"for its creation, once per pod event and once per status change.")
+    if r.memory_jobs:
+        per_job = (r.rss_jobs - r.rss_start) * MB_TO_KB / r.memory_jobs
+        outcome = ("The target is met" if r.memory_ok else "**The target is missed**")
+        out.append(
+            f"{outcome} for memory: the operator uses {r.rss_start:.1f} MB (RSS) just after start "
+            f"with no job (Python, kopf, the kubernetes client), and {r.rss_jobs:.1f} MB (peak "
+            f"{r.hwm_jobs:.1f} MB) once {r.memory_jobs:,} suspended RazorJobs have their status, "
+            f"about {per_job:.0f} kB more per job. A suspended job gets no pod and no Service; the "
+            f"operator set the status of all {r.memory_jobs:,} in {r.suspended_seconds:.1f} s "
+            f"({r.suspended_reconciles:,} reconciles).")
+    return "\n\n".join(out) + "\n\n" + k8s_fanout.notes(r)
+
+
+MB_TO_KB = 1000  # k8s_fanout reports MB of 10^6 bytes
+
+
+def k8s_section(k8s: k8s_fanout.Result | None, k8s_error: str | None) -> str:
+    if k8s is not None:
+        return f"""### Operator fan-out and memory: razor-operator vs bare pod creates
+
+{k8s_fanout.table(k8s)}
+{k8s_notes(k8s)}"""
+    why = (f"**Not measured: the benchmark failed.**\n\n```\n{k8s_error}\n```\n" if k8s_error
+           else "Not measured in this run (`--skip-k8s`).\n")
+    return f"""### Operator fan-out and memory: razor-operator vs bare pod creates
+
+{why}"""
+
+
+def k8s_targets(k8s: k8s_fanout.Result | None, yes: Callable[[bool], str]) -> str:
+    fan = f"operator fan-out: one {256}-node job, create → all pods ≤ {k8s_fanout.TARGET_FANOUT:g} s"
+    many = (f"operator fan-out: 200 jobs x 4 nodes at once, first create → all pods "
+            f"≤ {k8s_fanout.TARGET_MANY:g} s")
+    mem = f"operator memory with 1,000 suspended RazorJobs ≤ {k8s_fanout.TARGET_RSS_MB:g} MB"
+    if k8s is None:
+        return "".join(f"| {t} | not measured | |\n" for t in (fan, many, mem))
+    med = k8s_fanout.Result.med
+    fan = fan.replace("256", str(k8s.nodes))
+    many = many.replace("200 jobs x 4", f"{k8s.jobs} jobs x {k8s.job_nodes}")
+    mem = mem.replace("1,000", f"{k8s.memory_jobs:,}")
+    return (f"| {fan} | {med(k8s.fanout):.2f} s (bare pod creates {med(k8s.fanout_bare):.2f} s) "
+            f"| {yes(k8s.fanout_ok)} |\n"
+            f"| {many} | {med(k8s.many):.2f} s (bare pod creates {med(k8s.many_bare):.2f} s) "
+            f"| {yes(k8s.many_ok)} |\n"
+            f"| {mem} | RSS {k8s.rss_jobs:.1f} MB, peak {k8s.hwm_jobs:.1f} MB "
+            f"(at start {k8s.rss_start:.1f} MB) | {yes(k8s.memory_ok)} |\n")
+
+
+def results(lo: launch_overhead.Result, tp: throughput.Result, k8s: k8s_fanout.Result | None = None,
+            k8s_error: str | None = None) -> str:
+    """The results section: every table, what they mean, the targets."""
     launch_ok = max(lo.ratio("first_step"), lo.ratio("total")) <= launch_overhead.TARGET
     tp_ok = tp.ratio >= throughput.TARGET
     yes = lambda ok: "met" if ok else "**missed**"  # noqa: E731
@@ -133,13 +225,14 @@ def results(lo: launch_overhead.Result, tp: throughput.Result) -> str:
 
 {throughput.table(tp)}
 {throughput_notes(tp)}
+{k8s_section(k8s, k8s_error)}
 ### Targets
 
 | target | result | |
 |---|---|---|
 | launch overhead razorctl/bare ≤ {launch_overhead.TARGET:.2f}x | first step {lo.ratio("first_step"):.3f}x, total {lo.ratio("total"):.3f}x | {yes(launch_ok)} |
 | trainer throughput trainer/baseline ≥ {throughput.TARGET:.2f}x | {tp.ratio:.3f}x | {yes(tp_ok)} |
-"""
+{k8s_targets(k8s, yes)}"""
 
 
 def page(settings: Settings, quick: bool, lo: launch_overhead.Result, tp: throughput.Result,
