@@ -50,12 +50,10 @@ def trainer_args(job: RazorJob) -> list[str]:
     return args
 
 
-def fixed_port(job: RazorJob, config: dict[str, Any] | None = None) -> int | None:
-    """The port the job asks for, or None when razor may choose ('auto').
-
-    Order: ``spec.port`` when given, then ``cfgOptions: {dist_params.port: N}`` (the seed's
-    Option 2), then ``dist_params.port`` in the config file (Option 1), then 29500.
-    """
+def requested_port(job: RazorJob, config: dict[str, Any] | None = None) -> int | None:
+    """The port the job itself fixes, if any: ``spec.port``, then ``cfgOptions:
+    {dist_params.port: N}`` (the seed's Option 2), then ``dist_params.port`` in the config
+    (Option 1). None when it fixes none, or asks for ``auto``."""
     spec = job.spec
     if "port" in spec.model_fields_set:
         return None if spec.port == "auto" else int(spec.port)
@@ -64,10 +62,17 @@ def fixed_port(job: RazorJob, config: dict[str, Any] | None = None) -> int | Non
     if config is not None:
         from .config import config_port
 
-        port = config_port(config)
-        if port is not None:
-            return port
-    return None if spec.port == "auto" else int(spec.port)
+        return config_port(config)
+    return None
+
+
+def fixed_port(job: RazorJob, config: dict[str, Any] | None = None) -> int | None:
+    """The port to use on a machine of its own: the requested one, else 29500 (the seed's
+    default) unless ``port: auto``; None when razor may choose."""
+    port = requested_port(job, config)
+    if port is not None or job.spec.port == "auto":
+        return port
+    return int(job.spec.port)
 
 
 def node_env(job: RazorJob, rank: int, master_addr: str, master_port: int | str,

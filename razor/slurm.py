@@ -3,7 +3,7 @@
 One ``srun`` task per node (``--ntasks-per-node=1``) runs ``python -m razor.node``, which runs
 torchrun once with ``NODE_RANK=$SLURM_NODEID``; never a task per GPU plus torchrun. The master is
 the first host of ``$SLURM_JOB_NODELIST``; the port is derived from the job id unless the spec
-fixes one, so jobs sharing a node never collide. Every value from the spec reaches the script
+fixes one (29500 is not assumed: jobs sharing a node would collide on it). Every value from the spec reaches the script
 through ``shlex.quote`` (or a checked ``#SBATCH`` word): nothing in a spec can run as shell.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 
-from .launcher import EXIT_PREEMPTED, fixed_port, node_argv, node_env
+from .launcher import EXIT_PREEMPTED, node_argv, node_env, requested_port
 from .spec import RazorJob
 
 #: Derived ports: 20000 + job id modulo this span (distinct for jobs submitted near each other).
@@ -66,7 +66,7 @@ def directives(job: RazorJob, cwd: str) -> list[str]:
 def render(job: RazorJob, cwd: str, python: str = "python", config: dict | None = None) -> str:
     """The sbatch script for ``job``, run from ``cwd``."""
     spec = job.spec
-    port = fixed_port(job, config)
+    port = requested_port(job, config)
     env = node_env(job, 0, "$MASTER_ADDR", "$MASTER_PORT")
     logs = log_dir(job)
     out = ["#!/bin/bash", f"# razorctl submit --slurm: RazorJob {job.name}, {spec.nnodes} node(s) x "
