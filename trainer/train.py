@@ -641,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"razor: checkpoint  {summary['checkpoint']} (named in {work_dir / ckpt.POINTER})",
                   flush=True)
             print(f"razor: plot        {summary['plot']}", flush=True)
+        if d.enabled:
+            dist.barrier()  # leave together: a rank tearing down early can abort its peers
         return 0
     except Preempted:
         return EXIT_PREEMPTED
