@@ -228,3 +228,12 @@ def test_render_local_prints_the_plan_and_runs_nothing(tmp_path: Path):
     assert "MASTER_PORT=29517" in res.stdout and "NODE_RANK=1" in res.stdout
     assert "-m razor.node -m razor_trainer" in res.stdout
     assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("example", ["razorjob-cpu-debug.yaml", "razorjob-user-script.yaml"])
+def test_examples_run_locally(tmp_path: Path, example: str):
+    from conftest import ROOT
+
+    res = razorctl("submit", "--local", str(ROOT / "examples" / example), cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "succeeded" in res.stdout
