@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Test folders whose tests need a real system; each folder's name is its pytest marker.
+SYSTEM_FOLDERS = ("k8s", "slurm", "helm", "images")
 CONFIGS = ROOT / "trainer" / "configs"
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -42,6 +44,15 @@ def razorctl(*args: str, cwd: Path, timeout: float = 300, **kw: Any) -> subproce
 def razorctl_popen(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "razor.cli", *args], cwd=cwd, env=env_for_tests(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/k8s/* get the ``k8s`` marker, tests/slurm/* ``slurm``, and so on."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        rel = Path(str(item.path)).resolve().relative_to(tests).parts
+        if len(rel) > 1 and rel[0] in SYSTEM_FOLDERS:
+            item.add_marker(getattr(pytest.mark, rel[0]))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ kube-controller-manager on loopback) with ``crds/razorjob.yaml`` applied (``kube
 Established before the controller manager starts, so its garbage collector knows RazorJobs.
 ``namespace``: a fresh namespace per test, deleted afterwards without waiting.
 
-Every test under tests/k8s gets the ``k8s`` marker: ``pytest -m k8s`` runs them, ``-m "not k8s"``
+Every test under tests/k8s gets the ``k8s`` marker (tests/conftest.py gives it): ``pytest -m k8s`` runs them, ``-m "not k8s"``
 leaves them out.
 
 This folder is a package (``__init__.py``): without it this file would be imported as the module
@@ -27,15 +27,8 @@ from kube_cluster import ROOT, ControlPlane
 
 CRD_FILE = ROOT / "crds" / "razorjob.yaml"
 CRD_NAME = "razorjobs.razor.dev"
-HERE = Path(__file__).resolve().parent
 
 _startup: list[float] = []
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.k8s)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -8,7 +8,7 @@ afterwards (``scripts/slurm-setup.sh stop`` stops it).
 After each test, the jobs it submitted through ``slurm.sbatch`` that have not finished are
 cancelled, so a failed test leaves no job holding the node's CPUs.
 
-Every test under tests/slurm gets the ``slurm`` marker: ``pytest -m slurm`` runs them,
+Every test under tests/slurm gets the ``slurm`` marker (tests/conftest.py gives it): ``pytest -m slurm`` runs them,
 ``-m "not slurm"`` leaves them out.
 
 This folder is a package (``__init__.py``), like tests/k8s: without it this file would be imported
@@ -24,15 +24,8 @@ import pytest
 
 from slurm_cluster import FINAL_STATES, SlurmCluster
 
-HERE = Path(__file__).resolve().parent
 
 _startup: list[float] = []
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.slurm)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
