@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.razor-installed
 PYTEST_ARGS ?=
 
-.PHONY: install k8s-binaries slurm-cluster demo test test-local bench clean
+.PHONY: install k8s-binaries helm-binary slurm-cluster demo test test-local bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 k8s-binaries:
 	@scripts/k8s-binaries.sh >/dev/null
 
+# helm v3 built from the Go module proxy, cached in ~/.cache/razor/helm.
+helm-binary:
+	@scripts/helm-binary.sh >/dev/null
+
 # Debian's slurm-wlm and munge, configured for this host and started (scripts/slurm-setup.sh).
 slurm-cluster:
 	@scripts/slurm-setup.sh >/dev/null
@@ -34,7 +38,7 @@ slurm-cluster:
 demo: install
 	$(VENV)/bin/razorctl submit --local examples/razorjob-digits-kd.yaml
 
-test: install k8s-binaries slurm-cluster
+test: install k8s-binaries helm-binary slurm-cluster
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-local: install

@@ -102,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     world = World(api, ports, workers=args.workers)
     register(world)
 
+    @kopf.on.login()
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The kubernetes library fixes its default kubeconfig path when it is imported, so a
+        # --kubeconfig given here must be handed to kopf explicitly (KUBECONFIG is set above).
+        if args.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.ERROR        # our own Events only, not every log line

@@ -42,7 +42,7 @@ class Operator:
             [sys.executable, "-m", "razor_operator", "--kubeconfig", str(self.cluster.kubeconfig),
              "--namespace", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz",
              "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.cluster.env())
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_path.read_text()
@@ -53,6 +53,12 @@ class Operator:
             except OSError:
                 time.sleep(0.2)
         raise AssertionError(f"operator not alive in 60s: {self.log_path.read_text()}")
+
+    def env(self) -> dict[str, str]:
+        """No KUBECONFIG and a HOME without ~/.kube: only --kubeconfig may lead to the cluster."""
+        env = {k: v for k, v in self.cluster.env().items() if k != "KUBECONFIG"}
+        env["HOME"] = str(self.log_path.parent)
+        return env
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:

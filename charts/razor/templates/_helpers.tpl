@@ -1,0 +1,90 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "razor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The full name of the release's objects: fullnameOverride, else the release name if it contains
+the chart name, else "<release>-<chart>". Cut to 52 characters: "-operator" and such still fit.
+*/}}
+{{- define "razor.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's objects (Deployment, ClusterRole/Roles, bindings, metrics Service). */}}
+{{- define "razor.operatorName" -}}
+{{- printf "%s-operator" (include "razor.fullname" .) -}}
+{{- end -}}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "razor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "razor.operatorName" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: the name of an existing ServiceAccount (serviceAccount.create is false)" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "razor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "razor.labels" -}}
+helm.sh/chart: {{ include "razor.chart" . }}
+{{ include "razor.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: razor
+{{- end -}}
+
+{{/* The operator pod's selector. */}}
+{{- define "razor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "razor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The operator's image reference. */}}
+{{- define "razor.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+What the operator does to RazorJobs and their pods, Services and Events, in the namespaces it
+watches (a ClusterRole's rules when it watches all, a Role's in each watched namespace).
+*/}}
+{{- define "razor.jobRules" -}}
+# RazorJobs: kopf lists and watches them; kopf patches a finalizer onto jobs with a clock
+# (ttlSecondsAfterFinished, activeDeadlineSeconds) and off again; the operator gets a job before
+# each reconcile and deletes a finished one whose ttlSecondsAfterFinished has passed.
+- apiGroups: ["razor.dev"]
+  resources: ["razorjobs"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+# The job's status (phase, conditions, ranks, port), written through the status subresource.
+- apiGroups: ["razor.dev"]
+  resources: ["razorjobs/status"]
+  verbs: ["get", "patch", "update"]
+# One pod per node: watched (kopf), listed per job, created, deleted for a gang restart or
+# a suspend.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# The job's headless Service: read to see whether it exists, created once.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create"]
+# Events on the jobs (Created, Running, Restarting, ...), from kopf.event and kopf's errors.
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

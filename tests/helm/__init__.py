@@ -1,0 +1,1 @@
+"""Tests of the Helm chart charts/razor (marker helm); a package, like tests/k8s."""

@@ -1,0 +1,657 @@
+"""The Helm chart charts/razor with the real helm (scripts/helm-binary.sh builds it).
+
+Without a cluster: ``helm lint``, ``helm template`` with default and non-default values (what the
+objects say: the Deployment's strategy, securityContext and args, the RBAC rules exactly),
+values.schema.json's refusals, the CRD as a symbolic link to crds/razorjob.yaml.
+
+Against a real control plane (tests/kube_cluster.py; no kubelet, no scheduler, no Deployment
+controller: the operator's Deployment never gets a pod, as expected): ``helm install``, the CRD
+it brings, ``kubectl auth can-i`` as the chart's ServiceAccount (what the operator needs and
+nothing more), the pod template under the "restricted" Pod Security Standard, razor-operator run
+as a process with that ServiceAccount's token and the Deployment's arguments (a RazorJob's pods,
+status, gang restart and ttl deletion, all through the chart's RBAC), the namespaced variant,
+and ``helm uninstall``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kube_cluster import ROOT, ControlPlane
+from k8s.conftest import namespace_name
+
+from .conftest import CHART, Helm
+
+pytestmark = pytest.mark.helm
+
+CRD_FILE = ROOT / "crds" / "razorjob.yaml"
+CRD_NAME = "razorjobs.razor.dev"
+RELEASE, SYSTEM_NS = "razor", "razor-system"
+SA = "razor-operator"                                  # <fullname>-operator
+SA_USER = f"system:serviceaccount:{SYSTEM_NS}:{SA}"
+NAMESPACED = ["watchNamespaces={team-a,team-b}", "metrics.enabled=false"]
+
+# (apiGroup, resource, verb) the operator may use in the namespaces it watches.
+JOB_RULES = {
+    *{("razor.dev", "razorjobs", v) for v in ("get", "list", "watch", "patch", "update", "delete")},
+    *{("razor.dev", "razorjobs/status", v) for v in ("get", "patch", "update")},
+    *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},
+    ("", "services", "get"), ("", "services", "create"),
+    *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
+}
+# What kopf observes cluster-wide: CRDs always, namespaces only when it is given namespaces.
+CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+NAMESPACE_RULES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+# No permission-related complaint (nor any traceback) may appear in the operator's log.
+LOG_PROBLEMS = ("Forbidden", "forbidden", "status=403", "(403)", "Not enough permissions",
+                "Unauthorized", "status=401", "(401)", "Traceback", "LoginError")
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def kinds(objs: list[dict]) -> list[tuple[str, str, str | None]]:
+    return sorted((o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objs)
+
+
+def one(objs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''} in {kinds(objs)}"
+    return found[0]
+
+
+def triples(role: dict) -> set[tuple[str, str, str]]:
+    """A (Cluster)Role's rules as (apiGroup, resource, verb)."""
+    out = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule   # no resourceNames/URLs
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    out.add((g, r, v))
+    return out
+
+
+def operator_container(objs: list[dict]) -> dict:
+    dep = one(objs, "Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eventually(fn: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def can_i(cluster: ControlPlane, user: str, verb: str, resource: str, namespace: str | None = None,
+          subresource: str | None = None) -> bool:
+    """``kubectl auth can-i`` as ``user``: in ``namespace``, or cluster-wide (-A) without one."""
+    args = ["auth", "can-i", verb, resource, f"--as={user}"]
+    args += ["-n", namespace] if namespace else ["-A"]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    out = cluster.kubectl(*args, check=False)
+    answer = out.stdout.strip()
+    assert out.returncode in (0, 1) and answer.split()[:1] in (["yes"], ["no"]), \
+        f"kubectl {' '.join(args)}: exit {out.returncode}: {answer} {out.stderr}"
+    return out.returncode == 0 and answer == "yes"
+
+
+def check_can_i(cluster: ControlPlane, user: str, allowed: list[tuple], denied: list[tuple]) -> None:
+    """Every (verb, resource, namespace[, subresource]) of ``allowed`` is yes, of ``denied`` no."""
+    cases = [(True, c) for c in allowed] + [(False, c) for c in denied]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda c: can_i(cluster, user, *c[1]), cases))
+    wrong = [f"{'should' if want else 'should NOT'} be allowed: {' '.join(str(x) for x in c if x)}"
+             for (want, c), got in zip(cases, answers) if want != got]
+    assert not wrong, f"{user}:\n" + "\n".join(wrong)
+
+
+def job_doc(name: str, namespace: str, **spec: Any) -> str:
+    return json.dumps({"apiVersion": "razor.dev/v1alpha1", "kind": "RazorJob",
+                       "metadata": {"name": name, "namespace": namespace},
+                       "spec": {"config": "trainer/configs/digits_kd.yaml", **spec}})
+
+
+def get_json(cluster: ControlPlane, *args: str) -> dict | None:
+    out = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if out.returncode != 0:
+        assert "NotFound" in out.stderr, out.stderr
+        return None
+    return json.loads(out.stdout)
+
+
+def pods(cluster: ControlPlane, namespace: str, job: str, attempt: int | None = None) -> list[dict]:
+    items = get_json(cluster, "pods", "-n", namespace, "-l", f"razor.dev/job-name={job}")["items"]
+    if attempt is not None:
+        items = [p for p in items if p["metadata"]["labels"].get("razor.dev/attempt") == str(attempt)
+                 and not p["metadata"].get("deletionTimestamp")]
+    return sorted(items, key=lambda p: p["metadata"]["name"])
+
+
+def status(cluster: ControlPlane, namespace: str, job: str) -> dict:
+    body = get_json(cluster, "razorjob", job, "-n", namespace)
+    return (body or {}).get("status") or {}
+
+
+def kubelet(cluster: ControlPlane, namespace: str, pod: str, phase: str, exit_code: int = 0,
+            reason: str = "Completed") -> None:
+    """Set a pod's status as a kubelet would (there is none)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if phase == "Running":
+        state = {"running": {"startedAt": now}}
+    else:
+        state = {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": now,
+                                "finishedAt": now}}
+    body = {"status": {"phase": phase, "containerStatuses": [{
+        "name": "trainer", "ready": phase == "Running", "restartCount": 0, "image": "razor-trainer",
+        "imageID": "", "state": state}]}}
+    cluster.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(body))
+
+
+def sa_kubeconfig(cluster: ControlPlane, sa: str, sa_namespace: str, path: Path) -> Path:
+    """A kubeconfig that is the ServiceAccount: a token from the TokenRequest API, the cluster's
+    server and CA (as ControlPlane writes its own)."""
+    token = cluster.kubectl("create", "token", sa, "-n", sa_namespace, "--duration=1h").stdout.strip()
+    ca = base64.b64encode(cluster.ca_file.read_bytes()).decode()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": "razor-test", "cluster": {"server": cluster.server,
+                                                        "certificate-authority-data": ca}}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": "razor-test", "user": sa,
+                                              "namespace": sa_namespace}}],
+        "current-context": sa,
+    }, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+class OperatorProcess:
+    """razor-operator as a process with the Deployment's arguments, logged in as a ServiceAccount.
+
+    The Deployment's liveness and metrics listen on 0.0.0.0 at fixed ports; here on 127.0.0.1 at
+    free ones. Everything else (--namespace, --standalone, --workers, ...) is the chart's.
+    """
+
+    def __init__(self, deployment_args: list[str], kubeconfig: Path, log_path: Path) -> None:
+        self.live_port, self.metrics_port = free_port(), free_port()
+        args = []
+        for a in deployment_args:
+            if a.startswith("--liveness="):
+                a = f"--liveness=http://127.0.0.1:{self.live_port}/healthz"
+            elif a.startswith("--metrics-port="):
+                a = f"--metrics-port={self.metrics_port}"
+            args.append(a)
+        self.metrics = any(a.startswith("--metrics-port=") for a in args)
+        self.argv = [sys.executable, "-m", "razor_operator", *args, f"--kubeconfig={kubeconfig}",
+                     "--metrics-address=127.0.0.1"]
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> OperatorProcess:
+        env = dict(os.environ)
+        # Also KUBECONFIG: kopf logs in through the kubernetes library's load_kube_config(), whose
+        # default file is $KUBECONFIG as it was when the library was imported, before main()
+        # copies --kubeconfig into the environment. With --kubeconfig alone, kopf would log in
+        # as whoever ~/.kube/config names, or fail (an operator bug, not the chart's).
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL, cwd=ROOT)
+
+        def alive() -> bool:
+            assert self.proc.poll() is None, f"razor-operator exited:\n{self.log()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.live_port}/healthz",
+                                            timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        try:
+            eventually(alive, 60, "the operator's liveness probe")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def assert_clean_log(self) -> None:
+        text = self.log()
+        problems = [line for line in text.splitlines() if any(p in line for p in LOG_PROBLEMS)]
+        assert not problems, "permission trouble in the operator's log:\n" + "\n".join(problems[:20])
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+# ---- without a cluster -----------------------------------------------------------------------------
+@pytest.mark.parametrize("values", [[], NAMESPACED, ["peering.enabled=true", "replicas=2"]],
+                         ids=["defaults", "namespaced-no-metrics", "peering"])
+def test_helm_lint_passes(helm: Helm, values: list[str]):
+    sets = [a for v in values for a in ("--set", v)]
+    out = helm.run("lint", "--strict", str(CHART), *sets)
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout, out.stdout
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout
+
+
+def test_the_crd_is_a_symbolic_link_to_the_repository_crd_and_helm_follows_it(helm: Helm, tmp_path):
+    link = CHART / "crds" / "razorjob.yaml"
+    assert link.is_symlink() and os.readlink(link) == "../../../crds/razorjob.yaml"
+    assert link.resolve() == CRD_FILE.resolve()
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    # helm template --include-crds, helm show crds, helm package: the repository's CRD, as is.
+    rendered = [o for o in helm.template("--include-crds") if o["kind"] == "CustomResourceDefinition"]
+    assert rendered == [crd]
+    assert yaml.safe_load(helm.run("show", "crds", str(CHART)).stdout) == crd
+    helm.run("package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("razor-0.1.0.tgz")
+    with tarfile.open(tgz) as tar:
+        member = tar.getmember("razor/crds/razorjob.yaml")
+        assert member.isfile(), "the packaged chart must carry the CRD itself, not a link"
+        assert tar.extractfile(member).read() == CRD_FILE.read_bytes()
+        names = tar.getnames()
+    assert "razor/values.schema.json" in names and "razor/templates/NOTES.txt" in names, names
+    assert not any(n.endswith("README.md") for n in names), names   # .helmignore
+
+
+def test_default_render(helm: Helm):
+    objs = helm.template()
+    assert kinds(objs) == [
+        ("ClusterRole", "razor-operator", None),
+        ("ClusterRoleBinding", "razor-operator", None),
+        ("ConfigMap", "razor-defaults", SYSTEM_NS),
+        ("Deployment", "razor-operator", SYSTEM_NS),
+        ("Service", "razor-operator-metrics", SYSTEM_NS),
+        ("ServiceAccount", SA, SYSTEM_NS),
+    ]
+    dep = one(objs, "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["serviceAccountName"] == SA and pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    c = operator_container(objs)
+    assert c["image"] == "razor-operator:0.1.0" and c["imagePullPolicy"] == "IfNotPresent"
+    assert c["command"] == ["razor-operator"]
+    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090",
+                         "--standalone", "--workers=32", "--host-port-range=29500-32767"]
+    assert c["securityContext"] == {
+        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9090}
+    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                              "limits": {"memory": "512Mi"}}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    svc = one(objs, "Service")
+    assert svc["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
+                                     "protocol": "TCP"}]
+    # Cluster-wide: one ClusterRole with everything, bound to the ServiceAccount.
+    assert triples(one(objs, "ClusterRole")) == JOB_RULES | CRD_RULES
+    binding = one(objs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "razor-operator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}]
+
+
+def test_non_default_render(helm: Helm):
+    objs = helm.template(values=[*NAMESPACED, "image.repository=registry.local/razor-operator",
+                                 "image.tag=dev", "image.pullPolicy=Always", "extraArgs={--verbose}",
+                                 "liveness.port=8081", "nodeSelector.pool=system",
+                                 "resources.limits.cpu=1"])
+    assert kinds(objs) == [
+        ("ClusterRole", "razor-operator", None),
+        ("ClusterRoleBinding", "razor-operator", None),
+        ("ConfigMap", "razor-defaults", SYSTEM_NS),
+        ("Deployment", "razor-operator", SYSTEM_NS),
+        ("Role", "razor-operator", "team-a"),
+        ("Role", "razor-operator", "team-b"),
+        ("RoleBinding", "razor-operator", "team-a"),
+        ("RoleBinding", "razor-operator", "team-b"),
+        ("ServiceAccount", SA, SYSTEM_NS),
+    ]   # no metrics Service
+    c = operator_container(objs)
+    assert c["image"] == "registry.local/razor-operator:dev" and c["imagePullPolicy"] == "Always"
+    assert c["args"] == ["--liveness=http://0.0.0.0:8081/healthz",
+                         "--namespace=team-a", "--namespace=team-b",
+                         "--standalone", "--workers=32", "--host-port-range=29500-32767", "--verbose"]
+    assert [p["name"] for p in c["ports"]] == ["health"] and c["ports"][0]["containerPort"] == 8081
+    assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "system"}
+    # Namespaced: the job rules in a Role per watched namespace, bound there to the
+    # ServiceAccount; cluster-wide only what kopf observes.
+    assert triples(one(objs, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES
+    for ns in ("team-a", "team-b"):
+        role = [o for o in objs if o["kind"] == "Role" and o["metadata"]["namespace"] == ns][0]
+        assert triples(role) == JOB_RULES
+        rb = [o for o in objs if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == ns][0]
+        assert rb["roleRef"]["kind"] == "Role" and rb["roleRef"]["name"] == role["metadata"]["name"]
+        assert rb["subjects"] == [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}]
+
+
+def test_an_existing_service_account(helm: Helm):
+    objs = helm.template(values=["serviceAccount.create=false", "serviceAccount.name=ops"])
+    assert not [o for o in objs if o["kind"] == "ServiceAccount"]
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert one(objs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+    out = helm.run("template", RELEASE, str(CHART), "--set", "serviceAccount.create=false", check=False)
+    assert out.returncode != 0 and "serviceAccount.name: the name of an existing" in out.stderr
+    objs = helm.template(values=["rbac.create=false"])
+    assert not [o for o in objs if "rbac" in o["apiVersion"]]
+
+
+@pytest.mark.parametrize("values", [
+    [], NAMESPACED, ["peering.enabled=true", "replicas=2"],
+    ["peering.enabled=true", "watchNamespaces={team-a}"],
+], ids=["cluster-wide", "namespaced", "peering", "peering-namespaced"])
+def test_rbac_has_no_secrets_no_wildcards_no_escalation(helm: Helm, values: list[str]):
+    objs = helm.template(values=values)
+    roles = [o for o in objs if o["kind"] in ("ClusterRole", "Role")]
+    assert roles
+    allowed_verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+    for role in roles:
+        assert "aggregationRule" not in role
+        for group, resource, verb in triples(role):
+            assert "*" not in (group, resource, verb), role["rules"]
+            assert "secret" not in resource, role["rules"]
+            assert verb in allowed_verbs, (verb, role["rules"])          # no escalate/bind/impersonate
+            assert resource not in ("roles", "clusterroles", "rolebindings", "clusterrolebindings",
+                                    "serviceaccounts", "serviceaccounts/token", "pods/exec",
+                                    "nodes", "configmaps"), resource
+    for binding in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert binding["roleRef"]["name"] not in ("cluster-admin", "admin", "edit")
+    peering = {t for role in roles for t in triples(role) if t[0] == "kopf.dev"}
+    if "peering.enabled=true" in values:
+        resource = "kopfpeerings" if any(v.startswith("watchNamespaces") for v in values) \
+            else "clusterkopfpeerings"
+        assert peering == {("kopf.dev", resource, v) for v in ("get", "list", "watch", "patch")}
+        assert "--peering=razor" in operator_container(objs)["args"]
+        assert "--standalone" not in operator_container(objs)["args"]
+    else:
+        assert not peering
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "replicas=two"], "at '/replicas': got string, want integer"),
+    (["--set", "bogus=1"], "additional properties 'bogus' not allowed"),
+    (["--set", "replicas=2"], "at '/replicas': maximum: got 2, want 1"),     # two standalone operators
+    (["--set", "image.tga=1"], "at '/image': additional properties 'tga' not allowed"),
+    (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
+    (["--set", "metrics.port=0"], "at '/metrics/port'"),
+    (["--set", "watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
+    (["--set", "watchNamespaces=team-a"], "at '/watchNamespaces': got string, want array"),
+    (["--set", "defaults.trainerImage="], "at '/defaults/trainerImage'"),
+], ids=["replicas-word", "unknown-key", "replicas-2-standalone", "image-typo", "pull-policy",
+        "metrics-port-0", "namespace-not-dns", "namespaces-not-list", "empty-trainer-image"])
+def test_a_schema_violation_fails_with_a_clear_message(helm: Helm, args: list[str], message: str):
+    out = helm.run("template", RELEASE, str(CHART), *args, check=False)
+    assert out.returncode != 0, out.stdout[:2000]
+    assert "values don't meet the specifications of the schema" in out.stderr, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+def test_a_schema_violation_in_a_values_file(helm: Helm, tmp_path: Path):
+    values = tmp_path / "values.yaml"
+    values.write_text('replicas: "two"\nwatchNamespace: [team-a]\n')
+    out = helm.run("template", RELEASE, str(CHART), "-f", str(values), check=False)
+    assert out.returncode != 0
+    assert "at '/replicas': got string, want integer" in out.stderr, out.stderr
+    assert "additional properties 'watchNamespace' not allowed" in out.stderr, out.stderr
+
+
+def test_values_defaults_equal_the_crds_defaults(helm: Helm):
+    """values.yaml's `defaults` say what the API server fills in: the CRD's schema defaults."""
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["defaults"]
+    assert values == {"trainerImage": spec["image"]["default"], "port": spec["port"]["default"],
+                      "backoffLimit": spec["backoffLimit"]["default"],
+                      "masterAddrTimeoutSeconds": spec["masterAddrTimeoutSeconds"]["default"]}
+    cm = one(helm.template(), "ConfigMap", "razor-defaults")
+    assert cm["data"] == {k: str(v) for k, v in values.items()}
+
+
+def test_chart_metadata():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert (chart["apiVersion"], chart["name"], chart["version"], chart["appVersion"]) == \
+        ("v2", "razor", "0.1.0", "0.1.0")
+
+
+# ---- against a control plane -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def installed(helm: Helm, cluster: ControlPlane) -> Iterator[subprocess.CompletedProcess]:
+    """``helm install razor charts/razor --namespace razor-system --create-namespace``."""
+    assert get_json(cluster, "crd", CRD_NAME) is None, "the CRD must come from the chart"
+    out = helm.run("install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace",
+                   cluster=cluster)
+    yield out
+    helm.run("uninstall", RELEASE, "--namespace", SYSTEM_NS, cluster=cluster, check=False)
+
+
+def test_install_brings_the_crd_and_the_operator(installed, helm: Helm, cluster: ControlPlane):
+    assert "STATUS: deployed" in installed.stdout, installed.stdout
+    assert f"kubectl -n {SYSTEM_NS} logs -f deployment/razor-operator" in installed.stdout
+    assert "razorctl submit examples/razorjob-digits-kd.yaml" in installed.stdout
+    crd = get_json(cluster, "crd", CRD_NAME)
+    established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert established.get("Established") == "True"
+    want = yaml.safe_load(CRD_FILE.read_text())
+    assert crd["spec"]["versions"][0]["schema"] == want["spec"]["versions"][0]["schema"]
+    assert crd["spec"]["names"]["shortNames"] == ["rj"]
+    for kind, name, ns in [("deployment", "razor-operator", SYSTEM_NS), ("serviceaccount", SA, SYSTEM_NS),
+                           ("service", "razor-operator-metrics", SYSTEM_NS),
+                           ("configmap", "razor-defaults", SYSTEM_NS),
+                           ("clusterrole", "razor-operator", None),
+                           ("clusterrolebinding", "razor-operator", None)]:
+        obj = get_json(cluster, kind, name, *(["-n", ns] if ns else []))
+        assert obj is not None, f"{kind}/{name} not installed"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    dep = get_json(cluster, "deployment", "razor-operator", "-n", SYSTEM_NS)
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    listed = json.loads(helm.run("list", "-n", SYSTEM_NS, "-o", "json", cluster=cluster).stdout)
+    assert [(r["name"], r["status"], r["chart"], r["app_version"]) for r in listed] == \
+        [(RELEASE, "deployed", "razor-0.1.0", "0.1.0")]
+
+
+def test_the_pod_template_passes_the_restricted_pod_security_standard(helm: Helm, cluster: ControlPlane,
+                                                                       namespace: str):
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+    template = one(helm.template(), "Deployment")["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "operator-pss", "namespace": namespace,
+                        "labels": template["metadata"]["labels"]},
+           "spec": {**template["spec"], "serviceAccountName": "default"}}
+    out = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+    # The check is real: the same pod with privilege escalation allowed is refused.
+    bad = copy.deepcopy(pod)
+    bad["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    out = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+    assert out.returncode != 0 and "violates PodSecurity" in out.stderr, out.stderr
+
+
+def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
+        installed, cluster: ControlPlane, namespace: str):
+    ns = namespace
+    allowed = [
+        ("create", "pods", ns), ("delete", "pods", ns), ("list", "pods", None), ("watch", "pods", None),
+        ("get", "pods", ns),
+        ("get", "services", ns), ("create", "services", ns),
+        ("list", "razorjobs.razor.dev", None), ("watch", "razorjobs.razor.dev", None),
+        ("get", "razorjobs.razor.dev", ns), ("patch", "razorjobs.razor.dev", ns),
+        ("delete", "razorjobs.razor.dev", ns),
+        ("patch", "razorjobs.razor.dev", ns, "status"), ("get", "razorjobs.razor.dev", ns, "status"),
+        ("create", "events", ns), ("create", "events.events.k8s.io", ns),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ]
+    denied = [
+        ("*", "*", None), ("*", "*", ns),                                   # not cluster-admin
+        ("get", "secrets", ns), ("list", "secrets", None), ("watch", "secrets", ns),
+        ("create", "deployments.apps", ns), ("create", "jobs.batch", ns),
+        ("delete", "namespaces", None), ("create", "namespaces", None), ("list", "namespaces", None),
+        ("create", "razorjobs.razor.dev", ns),                              # users submit jobs
+        ("update", "pods", ns), ("patch", "pods", ns), ("create", "pods", ns, "exec"),
+        ("update", "pods", ns, "status"),
+        ("delete", "services", ns), ("update", "services", ns), ("list", "services", None),
+        ("get", "configmaps", ns), ("create", "serviceaccounts", ns, "token"),
+        ("get", "nodes", None), ("create", "clusterroles.rbac.authorization.k8s.io", None),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", None),
+        ("escalate", "roles.rbac.authorization.k8s.io", ns), ("impersonate", "users", None),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("get", "kopfpeerings.kopf.dev", ns),                               # standalone
+    ]
+    check_can_i(cluster, SA_USER, allowed, denied)
+
+
+def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: str) -> None:
+    """A 2-node job with a clock: pods, Service, status, a rank failure (the gang is deleted and
+    created again), success, then the ttl deletes the job. Every API call the operator makes."""
+    cluster.kubectl("apply", "-f", "-", input=job_doc("kd", ns, nnodes=2, ttlSecondsAfterFinished=1))
+    first = eventually(lambda: len(p := pods(cluster, ns, "kd", attempt=1)) == 2 and p, 60, "2 pods")
+    assert [p["metadata"]["name"] for p in first] == ["kd-0", "kd-1"]
+    assert eventually(lambda: status(cluster, ns, "kd").get("phase"), 30, "a phase") == "Pending"
+    assert get_json(cluster, "service", "kd", "-n", ns)["spec"]["clusterIP"] == "None"
+    # kopf's finalizer: the timer behind ttlSecondsAfterFinished needs one (patched on by kopf).
+    eventually(lambda: get_json(cluster, "razorjob", "kd", "-n", ns)["metadata"].get("finalizers"),
+               30, "kopf's finalizer")
+    for p in first:
+        kubelet(cluster, ns, p["metadata"]["name"], "Running")
+    eventually(lambda: status(cluster, ns, "kd").get("phase") == "Running", 30, "phase Running")
+    kubelet(cluster, ns, "kd-1", "Failed", 137, "OOMKilled")
+    second = eventually(lambda: len(p := pods(cluster, ns, "kd", attempt=2)) == 2 and p, 60,
+                        "the gang's attempt 2")
+    assert status(cluster, ns, "kd")["restarts"] == 1
+    for p in second:
+        kubelet(cluster, ns, p["metadata"]["name"], "Succeeded")
+    # Succeeded, then deleted by the ttl (the finalizer removed by kopf).
+    eventually(lambda: get_json(cluster, "razorjob", "kd", "-n", ns) is None, 60,
+               "the job deleted after ttlSecondsAfterFinished")
+    events = get_json(cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=kd")["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"Created", "Running", "Restarting", "Completed"} <= reasons, reasons
+
+
+def test_the_operator_runs_jobs_with_the_service_accounts_token(
+        installed, helm: Helm, cluster: ControlPlane, namespace: str, tmp_path: Path):
+    kubeconfig = sa_kubeconfig(cluster, SA, SYSTEM_NS, tmp_path / "sa.kubeconfig")
+    whoami = cluster.kubectl("auth", "whoami", f"--kubeconfig={kubeconfig}", "-o", "json")
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == SA_USER
+    manifest = yaml.safe_load_all(helm.run("get", "manifest", RELEASE, "-n", SYSTEM_NS,
+                                           cluster=cluster).stdout)
+    args = operator_container([o for o in manifest if o])["args"]
+    with OperatorProcess(args, kubeconfig, tmp_path / "operator.log") as op:
+        run_a_gang_through_its_life(cluster, op, namespace)
+        assert "razor_pods_created_total 4.0" in op.metrics_text()
+        op.assert_clean_log()
+
+
+def test_a_namespaced_install_runs_jobs_only_in_its_namespaces(
+        helm: Helm, cluster: ControlPlane, namespace: str, tmp_path: Path):
+    watched, other = namespace, namespace_name("not-watched")
+    system = "razor-ns-system"
+    cluster.kubectl("create", "namespace", other)
+    try:
+        out = helm.run("install", "razor-ns", str(CHART), "--namespace", system, "--create-namespace",
+                       "--set", f"watchNamespaces={{{watched}}}", "--set", "metrics.enabled=false",
+                       cluster=cluster)
+        assert f"runs RazorJobs in the namespaces {watched}." in out.stdout, out.stdout
+        assert get_json(cluster, "role", "razor-ns-operator", "-n", watched) is not None
+        assert get_json(cluster, "role", "razor-ns-operator", "-n", other) is None
+        user = f"system:serviceaccount:{system}:razor-ns-operator"
+        check_can_i(
+            cluster, user,
+            allowed=[("create", "pods", watched), ("list", "razorjobs.razor.dev", watched),
+                     ("patch", "razorjobs.razor.dev", watched, "status"),
+                     ("create", "events", watched), ("list", "namespaces", None),
+                     ("list", "customresourcedefinitions.apiextensions.k8s.io", None)],
+            denied=[("create", "pods", other), ("list", "razorjobs.razor.dev", None),
+                    ("list", "razorjobs.razor.dev", other), ("list", "pods", None),
+                    ("create", "events", other), ("get", "secrets", watched),
+                    ("get", "namespaces", None), ("delete", "namespaces", None), ("*", "*", None)])
+        kubeconfig = sa_kubeconfig(cluster, "razor-ns-operator", system, tmp_path / "sa.kubeconfig")
+        manifest = yaml.safe_load_all(helm.run("get", "manifest", "razor-ns", "-n", system,
+                                               cluster=cluster).stdout)
+        args = operator_container([o for o in manifest if o])["args"]
+        assert f"--namespace={watched}" in args and not any(a.startswith("--metrics") for a in args)
+        with OperatorProcess(args, kubeconfig, tmp_path / "operator.log") as op:
+            cluster.kubectl("apply", "-f", "-", input=job_doc("elsewhere", other, nnodes=2))
+            run_a_gang_through_its_life(cluster, op, watched)
+            # The job in the namespace it does not watch: untouched.
+            assert pods(cluster, other, "elsewhere") == [] and status(cluster, other, "elsewhere") == {}
+            op.assert_clean_log()
+        out = helm.run("uninstall", "razor-ns", "-n", system, cluster=cluster)
+        assert 'release "razor-ns" uninstalled' in out.stdout
+        assert get_json(cluster, "role", "razor-ns-operator", "-n", watched) is None
+        assert get_json(cluster, "clusterrole", "razor-ns-operator") is None
+    finally:
+        helm.run("uninstall", "razor-ns", "-n", system, cluster=cluster, check=False)
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_uninstall(installed, helm: Helm, cluster: ControlPlane):
+    """Last: ``helm uninstall`` removes the release's objects; the CRD stays (Helm keeps CRDs)."""
+    out = helm.run("uninstall", RELEASE, "--namespace", SYSTEM_NS, cluster=cluster)
+    assert f'release "{RELEASE}" uninstalled' in out.stdout
+    for kind, name, ns in [("deployment", "razor-operator", SYSTEM_NS), ("serviceaccount", SA, SYSTEM_NS),
+                           ("service", "razor-operator-metrics", SYSTEM_NS),
+                           ("configmap", "razor-defaults", SYSTEM_NS),
+                           ("clusterrole", "razor-operator", None),
+                           ("clusterrolebinding", "razor-operator", None)]:
+        assert get_json(cluster, kind, name, *(["-n", ns] if ns else [])) is None, f"{kind}/{name}"
+    assert get_json(cluster, "crd", CRD_NAME) is not None
+    assert not can_i(cluster, SA_USER, "list", "razorjobs.razor.dev")
+    assert helm.run("list", "-n", SYSTEM_NS, "-q", cluster=cluster).stdout.strip() == ""
