@@ -2,7 +2,8 @@
 
 Level-triggered: every event of a RazorJob or of one of its pods reconciles that job from what
 exists now, so a restarted operator, a missed event or a handler run twice converge on the same
-state. One lock per job keeps two reconciles of one job apart; pods are created concurrently.
+state. One reconcile of a job runs at a time, and the events that arrive meanwhile collapse into
+one more pass; pods are created concurrently.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .ports import PortIndex
 from .reconcile import FAILED, Decision, PodState, decide
 
 log = logging.getLogger("razor.operator")
+RETRIES = 5
 
 
 class World:
@@ -38,16 +40,43 @@ class World:
         self.custom = client.CustomObjectsApi(api_client)
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        # Per job: is a reconcile running, and did something change since it started?
+        self._busy: dict[tuple[str, str], bool] = {}
+        self._guard = threading.Lock()
 
-    def lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+    def request(self, namespace: str, name: str) -> None:
+        """Reconcile a job now, or, if a reconcile of it is running, once more right after it.
 
-    def forget(self, namespace: str, name: str) -> None:
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
+        A 256-node job's pods raise hundreds of events at once; they collapse into the running
+        reconcile plus one more, instead of each reading the job and its pods again (and holding
+        a handler thread while it waits its turn).
+        """
+        key = (namespace, name)
+        with self._guard:
+            if key in self._busy:
+                self._busy[key] = True  # dirty: the running reconcile goes round once more
+                return
+            self._busy[key] = False
+        failures = 0
+        try:
+            while True:
+                try:
+                    reconcile(self, namespace, name)
+                    failures = 0
+                except Exception as exc:  # an API error: try again, a few times, then let kopf log it
+                    failures += 1
+                    if failures >= RETRIES:
+                        raise
+                    log.warning("reconcile of %s/%s failed (%s); retrying", namespace, name, exc)
+                    time.sleep(min(0.25 * 2 ** failures, 5.0))
+                    continue
+                with self._guard:
+                    if not self._busy[key]:
+                        return
+                    self._busy[key] = False
+        finally:
+            with self._guard:
+                self._busy.pop(key, None)
 
     # -- reads (raw JSON: cheaper than the client's models for many pods)
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -116,37 +145,37 @@ def _owned(pod: dict[str, Any], uid: str) -> bool:
 
 def reconcile(world: World, namespace: str, name: str) -> Decision | None:
     """Bring one job's pods and status in line with its spec; returns what was decided."""
-    with world.lock(namespace, name):
-        started = time.monotonic()
-        body = world.get_job(namespace, name)
-        if body is None:
-            return None
-        meta = body["metadata"]
-        if meta.get("deletionTimestamp"):
-            return None
-        uid = meta["uid"]
-        status = body.get("status") or {}
-        try:
-            job = parse_job({k: v for k, v in body.items() if k != "status"}, f"RazorJob {namespace}/{name}")
-        except SpecError as exc:  # the CRD's schema should have refused it; say so, once
-            if status.get("phase") != FAILED:
-                world.patch_status(namespace, name, {"phase": FAILED, "message": str(exc)})
-                kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1000])
-            return None
-        pods = [p for p in world.list_pods(namespace, name) if _owned(p, uid)]
-        states = [s for s in map(PodState.from_pod, pods) if s is not None]
-        port = None
-        if job.spec.host_network and status.get("phase") not in ("Succeeded", "Failed"):
-            port = world.ports.allocate(namespace, name, status.get("port"))
-        decision = decide(job, status, states, datetime.now(timezone.utc),
-                          service_exists=world.service_exists(namespace, name))
-        if port is not None:
-            decision.status["port"] = port
-        _apply(world, body, job, namespace, uid, decision, port)
-        if decision.status.get("phase") in ("Succeeded", "Failed") and job.spec.host_network:
-            world.ports.release(namespace, name)
-        metrics.observe(namespace, name, decision.status.get("phase"), time.monotonic() - started)
-        return decision
+    started = time.monotonic()
+    body = world.get_job(namespace, name)
+    if body is None:
+        return None
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return None
+    uid = meta["uid"]
+    status = body.get("status") or {}
+    try:
+        job = parse_job({k: v for k, v in body.items() if k != "status"}, f"RazorJob {namespace}/{name}")
+    except SpecError as exc:  # the CRD's schema should have refused it; say so, once
+        if status.get("phase") != FAILED:
+            world.patch_status(namespace, name, {"phase": FAILED, "message": str(exc)})
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1000])
+        return None
+    pods = [p for p in world.list_pods(namespace, name) if _owned(p, uid)]
+    states = [s for s in map(PodState.from_pod, pods) if s is not None]
+    port = None
+    if job.spec.host_network and status.get("phase") not in ("Succeeded", "Failed"):
+        port = world.ports.allocate(namespace, name, status.get("port"))
+    live = not job.spec.suspend and status.get("phase") not in ("Succeeded", "Failed")
+    decision = decide(job, status, states, datetime.now(timezone.utc),
+                      service_exists=not live or world.service_exists(namespace, name))
+    if port is not None:
+        decision.status["port"] = port
+    _apply(world, body, job, namespace, uid, decision, port)
+    if decision.status.get("phase") in ("Succeeded", "Failed") and job.spec.host_network:
+        world.ports.release(namespace, name)
+    metrics.observe(namespace, name, decision.status.get("phase"), time.monotonic() - started)
+    return decision
 
 
 def _apply(world: World, body: dict[str, Any], job, namespace: str, uid: str, d: Decision,
@@ -178,18 +207,17 @@ def register(world: World, timer_interval: float = 5.0) -> None:
     def job_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
             world.ports.release(namespace, name)
-            world.forget(namespace, name)
             metrics.forget(namespace, name)
             return
-        reconcile(world, namespace, name)
+        world.request(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={kube.LABEL_JOB: kopf.PRESENT})
     def pod_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
-        reconcile(world, namespace, labels[kube.LABEL_JOB])
+        world.request(namespace, labels[kube.LABEL_JOB])
 
     def has_clock(spec: dict[str, Any], **_: Any) -> bool:
         return spec.get("ttlSecondsAfterFinished") is not None or bool(spec.get("activeDeadlineSeconds"))
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=timer_interval, when=has_clock)
     def clock(name: str, namespace: str, **_: Any) -> None:
-        reconcile(world, namespace, name)
+        world.request(namespace, name)
