@@ -136,3 +136,14 @@ def test_ports_never_shared_and_kept_across_restarts():
     again = PortIndex(30000, 30002)
     assert again.allocate("a", "two", recorded=30001) == 30001
     assert again.allocate("a", "three") == 30000
+
+
+def test_memory_is_trimmed_only_after_work_and_a_quiet_moment():
+    Trimmer = importlib.import_module("razor_operator.memory").Trimmer
+    t = Trimmer(idle_seconds=0.05)
+    assert not t.trim_if_idle()          # nothing happened yet
+    t.touch()
+    assert not t.trim_if_idle()          # still busy
+    import time
+    time.sleep(0.1)
+    assert t.trim_if_idle() and not t.trim_if_idle()  # once per burst

@@ -25,6 +25,7 @@ from razor.crd import PLURAL
 from razor.spec import GROUP, VERSION, SpecError, parse_job
 
 from . import metrics
+from .memory import Trimmer
 from .ports import PortIndex
 from .reconcile import FAILED, Decision, PodState, decide
 
@@ -40,6 +41,7 @@ class World:
         self.custom = client.CustomObjectsApi(api_client)
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
+        self.trimmer = Trimmer()
         # Per job: is a reconcile running, and did something change since it started?
         self._busy: dict[tuple[str, str], bool] = {}
         self._guard = threading.Lock()
@@ -62,6 +64,7 @@ class World:
             while True:
                 try:
                     reconcile(self, namespace, name)
+                    self.trimmer.touch()
                     failures = 0
                 except Exception as exc:  # an API error: try again, a few times, then let kopf log it
                     failures += 1

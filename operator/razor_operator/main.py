@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host-port-range", default="29500-32767", metavar="FIRST-LAST",
                    help="ports to allocate for hostNetwork jobs")
     p.add_argument("--workers", type=int, default=32, help="concurrent pod creations")
+    p.add_argument("--handler-threads", type=int, default=16,
+                   help="threads running handlers (a job's events coalesce, so few are needed)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every handler call")
     args = p.parse_args(argv)
     try:
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = PortIndex(*args.port_range)
     rebuild_ports(api, ports, args.namespace)
     world = World(api, ports, workers=args.workers)
+    world.trimmer.start()
     register(world)
 
     @kopf.on.login()
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.ERROR        # our own Events only, not every log line
-        settings.execution.max_workers = max(args.workers, 20)
+        settings.execution.max_workers = args.handler_threads
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
 
