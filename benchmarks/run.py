@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import k8s_fanout
+import slurm_submit
 import launch_overhead
 import throughput
 from common import ROOT, median
@@ -323,6 +324,8 @@ def main() -> int:
     p.add_argument("--write", action="store_true", help=f"rewrite {DOC.relative_to(ROOT)}")
     p.add_argument("--skip-k8s", action="store_true",
                    help="leave out the operator benchmark (it starts a Kubernetes control plane)")
+    p.add_argument("--skip-slurm", action="store_true",
+                   help="leave out the SLURM benchmark (it uses the test cluster of scripts/slurm-setup.sh)")
     args = p.parse_args()
     settings = QUICK if args.quick else FULL
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -337,12 +340,35 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 (the other results are still reported)
             k8s_error = f"{type(exc).__name__}: {exc}"
             progress(f"k8s_fanout failed: {k8s_error}")
-    print(results(lo, tp, k8s, k8s_error), end="")
+    slurm_text, slurm_error = "", None
+    if not args.skip_slurm:
+        try:
+            sr = slurm_submit.measure(settings.throughput_repeat, progress=progress)
+            slurm_text = slurm_section(sr)
+        except Exception as exc:  # noqa: BLE001 (the other results are still reported)
+            slurm_error = f"{type(exc).__name__}: {exc}"
+            slurm_text = f"\n### SLURM: submit to first optimizer step\n\nThe benchmark failed: {slurm_error}\n"
+            progress(f"slurm_submit failed: {slurm_error}")
+    print(results(lo, tp, k8s, k8s_error) + slurm_text, end="")
     if args.write:
         DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(page(settings, args.quick, lo, tp, load_before, load(), k8s, k8s_error))
+        DOC.write_text(page(settings, args.quick, lo, tp, load_before, load(), k8s, k8s_error) + slurm_text)
         progress(f"wrote {DOC}")
-    return 1 if k8s_error else 0
+    return 1 if k8s_error or slurm_error else 0
+
+
+def slurm_section(r: "slurm_submit.Result") -> str:
+    return f"""
+### SLURM: razorctl submit --slurm vs a hand-written sbatch script
+
+`benchmarks/slurm_submit.py`: the same job (`trainer/configs/digits_mlp.yaml`, 1 node x 2 CPU
+processes) submitted to the one-node test cluster of `scripts/slurm-setup.sh` by
+`razorctl submit --slurm` and by a minimal hand-written sbatch script (`srun torchrun ...`),
+alternating, the queue empty before each run. Target: submit to first optimizer step at most
+1 s more than the hand-written script.
+
+{slurm_submit.table(r)}
+{slurm_submit.notes(r)}"""
 
 
 if __name__ == "__main__":
