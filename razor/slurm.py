@@ -59,6 +59,7 @@ def directives(job: RazorJob, cwd: str) -> list[str]:
     lines += [f"--chdir={_directive_value('spec.workingDir', cwd)}",
               f"--output={_directive_value('spec.workDir', logs)}/%x-%j.out",
               f"--error={logs}/%x-%j.err",
+              "--open-mode=append",  # a requeued job adds to its logs instead of erasing them
               "--requeue", "--signal=USR2@90"]
     return [f"#SBATCH {line}" for line in lines]
 
@@ -87,7 +88,7 @@ def render(job: RazorJob, cwd: str, python: str = "python", config: dict | None 
         "",
         "# One task per node; each node's rank is its SLURM_NODEID. razor.node runs torchrun once.",
     ]
-    srun = ["srun", "--kill-on-bad-exit=1", *spec.slurm.srun_args,
+    srun = ["srun", "--kill-on-bad-exit=1", "--open-mode=append", *spec.slurm.srun_args,
             f"--output={logs}/%x-%j-node%n.out", f"--error={logs}/%x-%j-node%n.out"]
     rank = 'export NODE_RANK=$SLURM_NODEID PET_NODE_RANK=$SLURM_NODEID; exec "$@"'
     cmd = [*srun, "bash", "-c", rank, "razor-node", *node_argv(job, python)]

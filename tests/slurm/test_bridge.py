@@ -147,3 +147,27 @@ def test_seed_slurm_train_wrapper(slurm, tmp_path: Path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "(1 node(s) x 2 process(es))" in res.stdout and "Succeeded" in res.stdout
     assert json.loads((tmp_path / "seed_wd" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_usr2_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_path: Path):
+    """What --signal=USR2@90 does near the time limit, sent now with scancel --signal."""
+    wd = tmp_path / "wd"
+    path = write(tmp_path, "preempt", config=str(CONFIGS / "digits_mlp.yaml"), workDir=str(wd),
+                 cfgOptions={"schedule.epochs": 100000, "runtime.stop_check_interval": 5})
+    job_id = submit(slurm, tmp_path, path)
+    deadline = time.monotonic() + 240
+    while checkpoint_epoch(wd) < 2:
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=env_of(slurm), check=True, timeout=60)
+    batch_log = wd / "logs" / f"preempt-{job_id}.out"
+    node_log = wd / "logs" / f"preempt-{job_id}-node0.out"
+    deadline = time.monotonic() + 300
+    while "resumed from" not in (node_log.read_text() if node_log.exists() else ""):
+        assert time.monotonic() < deadline, (batch_log.read_text() if batch_log.exists() else "")[-2000:]
+        time.sleep(1)
+    text = batch_log.read_text()
+    assert f"razor: preempted (checkpoint saved): requeueing job {job_id}" in text
+    assert f"razor: job {job_id} attempt 2" in text
+    assert "stopping on SIGUSR2" in node_log.read_text()
+    subprocess.run(["scancel", job_id], env=env_of(slurm), timeout=60)
