@@ -42,9 +42,42 @@ class World:
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
         self.trimmer = Trimmer()
+        self._due: dict[tuple[str, str], float] = {}
+        self._clock = threading.Condition()
+        self._clock_thread: threading.Thread | None = None
         # Per job: is a reconcile running, and did something change since it started?
         self._busy: dict[tuple[str, str], bool] = {}
         self._guard = threading.Lock()
+
+    def later(self, namespace: str, name: str, seconds: float) -> None:
+        """Reconcile again after ``seconds`` (a TTL or a deadline falls due then): one clock
+        thread for all jobs, the earliest due time of each job kept."""
+        due = time.monotonic() + max(seconds, 0.0) + 0.2
+        with self._clock:
+            key = (namespace, name)
+            if key not in self._due or due < self._due[key]:
+                self._due[key] = due
+                self._clock.notify()
+            if self._clock_thread is None:
+                self._clock_thread = threading.Thread(target=self._tick, name="razor-clock", daemon=True)
+                self._clock_thread.start()
+
+    def _tick(self) -> None:
+        while True:
+            with self._clock:
+                while True:
+                    now = time.monotonic()
+                    ready = [k for k, t in self._due.items() if t <= now]
+                    if ready:
+                        for k in ready:
+                            del self._due[k]
+                        break
+                    self._clock.wait(min(self._due.values()) - now if self._due else None)
+            for namespace, name in ready:
+                try:
+                    self.request(namespace, name)
+                except Exception as exc:  # logged; the kopf timer is the second chance
+                    log.warning("timed reconcile of %s/%s failed: %s", namespace, name, exc)
 
     def request(self, namespace: str, name: str) -> None:
         """Reconcile a job now, or, if a reconcile of it is running, once more right after it.
@@ -63,9 +96,11 @@ class World:
         try:
             while True:
                 try:
-                    reconcile(self, namespace, name)
+                    decision = reconcile(self, namespace, name)
                     self.trimmer.touch()
                     failures = 0
+                    if decision is not None and decision.requeue_after is not None:
+                        self.later(namespace, name, decision.requeue_after)
                 except Exception as exc:  # an API error: try again, a few times, then let kopf log it
                     failures += 1
                     if failures >= RETRIES:
