@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -381,6 +382,18 @@ def run_render(cluster: SlurmCluster, tmp: Path, name: str, epochs: int) -> floa
 # ------------------------------------------------------------------------------------ measure
 
 
+def cancel_and_wait(cluster: SlurmCluster, job_ids: list[str], timeout: float = 60.0) -> None:
+    """scancel the jobs and wait (bounded) until each is in a final state; never raises."""
+    if not job_ids:
+        return
+    try:
+        cluster.cancel(job_ids)
+        for job_id in job_ids:
+            cluster.wait_job(job_id, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - cleanup on the way out of another error
+        print(f"slurm submit: could not cancel SLURM job(s) {', '.join(job_ids)}: {e}", file=sys.stderr)
+
+
 def measure(repeat: int = 3, progress: Callable[[str], None] = print, *, warmup: int = 1,
             epochs: int = EPOCHS, timeout: float = 300.0, quiet_timeout: float = QUIET_TIMEOUT,
             keep: Path | None = None) -> Result:
@@ -412,8 +425,8 @@ def measure(repeat: int = 3, progress: Callable[[str], None] = print, *, warmup:
         last_id[:] = [int(sample.job_id)]
         return sample
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="razor-bench-slurm-") as tmpname:
+    with tempfile.TemporaryDirectory(prefix="razor-bench-slurm-") as tmpname:
+        try:
             tmp = Path(tmpname)
             if keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)
@@ -438,10 +451,10 @@ def measure(repeat: int = 3, progress: Callable[[str], None] = print, *, warmup:
                          f"{ours.cpu:.1f} baseline {base.cpu:.1f} (iowait {ours.iowait:.1f}, "
                          f"{base.iowait:.1f}; steal {ours.steal:.1f}, {base.steal:.1f}; jobs {ours.job_id}, "
                          f"{base.job_id})")
-    except BaseException:
-        if active:
-            cluster.cancel(active)
-        raise
+        except BaseException:
+            # Inside the with: the folder goes only once no job of ours writes into it.
+            cancel_and_wait(cluster, active)
+            raise
     return result
 
 
@@ -539,6 +552,8 @@ def main() -> int:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the runs' files (job files, work dirs, logs) in a new folder under DIR")
     args = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so a job still in the queue is cancelled on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.repeat < 1 or args.epochs < 1 or args.warmup < 0:
         p.error("--repeat and --epochs must be at least 1, --warmup at least 0")
     result = measure(args.repeat, warmup=args.warmup, epochs=args.epochs, timeout=args.timeout,
