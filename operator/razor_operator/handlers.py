@@ -8,6 +8,7 @@ one more pass; pods are created concurrently.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -42,7 +43,9 @@ class World:
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
         self.trimmer = Trimmer()
-        self._due: dict[tuple[str, str], float] = {}
+        # Due time of each job's next timed reconcile, with the kopf context to run it in (kopf's
+        # event posting needs its context variables, which a plain thread does not have).
+        self._due: dict[tuple[str, str], tuple[float, contextvars.Context]] = {}
         self._clock = threading.Condition()
         self._clock_thread: threading.Thread | None = None
         # Per job: is a reconcile running, and did something change since it started?
@@ -55,8 +58,8 @@ class World:
         due = time.monotonic() + max(seconds, 0.0) + 0.2
         with self._clock:
             key = (namespace, name)
-            if key not in self._due or due < self._due[key]:
-                self._due[key] = due
+            if key not in self._due or due < self._due[key][0]:
+                self._due[key] = (due, contextvars.copy_context())
                 self._clock.notify()
             if self._clock_thread is None:
                 self._clock_thread = threading.Thread(target=self._tick, name="razor-clock", daemon=True)
@@ -67,15 +70,15 @@ class World:
             with self._clock:
                 while True:
                     now = time.monotonic()
-                    ready = [k for k, t in self._due.items() if t <= now]
+                    ready = [(k, ctx) for k, (t, ctx) in self._due.items() if t <= now]
                     if ready:
-                        for k in ready:
+                        for k, _ in ready:
                             del self._due[k]
                         break
-                    self._clock.wait(min(self._due.values()) - now if self._due else None)
-            for namespace, name in ready:
+                    self._clock.wait(min(t for t, _ in self._due.values()) - now if self._due else None)
+            for (namespace, name), ctx in ready:
                 try:
-                    self.request(namespace, name)
+                    ctx.run(self.request, namespace, name)
                 except Exception as exc:  # logged; the kopf timer is the second chance
                     log.warning("timed reconcile of %s/%s failed: %s", namespace, name, exc)
 
