@@ -28,12 +28,6 @@ def _backend(args: argparse.Namespace) -> str:
     return "kubernetes"
 
 
-def _unavailable(backend: str) -> int:
-    print(f"razorctl: error: the {backend} backend is not part of this razor version yet; "
-          "use --local to run on this machine, or Kubernetes (the default)", file=sys.stderr)
-    return EXIT_INVALID
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     if args.output == "text":

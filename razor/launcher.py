@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import format_value
+from .node import EXIT_PREEMPTED  # noqa: F401 (re-exported: the one definition is razor.node's)
 from .spec import RazorJob, ScaleLR
 
-#: Exit code of a trainer (and of razor.node) that stopped on SIGTERM/SIGUSR2 after saving a
-#: checkpoint: the job should be started again, not counted as failed (EX_TEMPFAIL).
-EXIT_PREEMPTED = 75
 #: On Kubernetes each pod has its own network namespace, so 'auto' can mean the seed's 29500.
 DEFAULT_PORT_K8S = 29500
 

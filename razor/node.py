@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+#: Exit code of a trainer (and of razor.node) that stopped on SIGTERM/SIGUSR2 after saving a
+#: checkpoint: the job should be started again, not counted as failed (EX_TEMPFAIL).
 EXIT_PREEMPTED = 75
 EXIT_USAGE = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)

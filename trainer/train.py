@@ -35,12 +35,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from razor.config import ConfigError, apply_options, load_config, parse_cfg_options
+from razor.node import EXIT_PREEMPTED
 
 from . import checkpoint as ckpt
 from .data import DataSet, load_dataset
 from .models import build_model, count_parameters
 
-EXIT_PREEMPTED = 75
 EXIT_CONFIG = 2
 DEFAULT_BASE_GPUS = 8
 log = logging.getLogger("razor.trainer")

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from razor.kube import LABEL_ATTEMPT, LABEL_RANK, pod_name
+from razor.kube import LABEL_ATTEMPT, LABEL_RANK
+from razor.launcher import EXIT_PREEMPTED
 from razor.spec import RazorJob
 
 PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
 FINISHED = (SUCCEEDED, FAILED)
-EXIT_PREEMPTED = 75
 
 
 @dataclass(frozen=True)
@@ -232,6 +232,3 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
         st["message"] = f"waiting for {waiting} of {spec.nnodes} rank(s) to run (attempt {attempt})"
     return d
 
-
-def pod_names(job: RazorJob) -> list[str]:
-    return [pod_name(job, r) for r in range(job.spec.nnodes)]
