@@ -10,6 +10,7 @@ from razor.spec import parse_job
 
 rec = importlib.import_module("razor_operator.reconcile")
 PodState, decide = rec.PodState, rec.decide
+job_event_matters, pod_event_matters = rec.job_event_matters, rec.pod_event_matters
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
 
 
@@ -34,6 +35,19 @@ def test_a_new_job_gets_its_service_and_every_pod_at_once():
     assert d.status["attempt"] == 1 and d.status["restarts"] == 0
     assert cond(d.status, "Created")["status"] == "True"
     assert ("Normal", "Created", "created service kd and 4 pod(s)") in d.events
+
+
+def test_the_status_names_the_pods_being_created():
+    d = decide(job(), None, [], NOW, service_exists=False)
+    assert d.status["ranks"] == [{"rank": r, "pod": f"kd-{r}", "phase": "Pending"} for r in range(4)]
+    assert d.status["message"] == "waiting for 4 of 4 rank(s) to run (attempt 1)"
+
+
+def test_missing_ranks_join_the_ones_that_exist():
+    d = decide(job(), {"attempt": 1, "phase": "Pending"}, pods("Running")[1:3], NOW)
+    assert d.create_ranks == [0, 3]
+    assert [(r["rank"], r["phase"]) for r in d.status["ranks"]] == [
+        (0, "Pending"), (1, "Running"), (2, "Running"), (3, "Pending")]
 
 
 def test_created_twice_creates_nothing_more():
@@ -112,6 +126,14 @@ def test_ttl_after_finished():
     assert d.delete_job
 
 
+def test_the_ttl_clock_starts_when_the_job_finishes():
+    running = {"attempt": 1, "phase": "Running", "startTime": "2026-11-27T11:00:00Z"}
+    d = decide(job(ttlSecondsAfterFinished=30, activeDeadlineSeconds=7200), running, pods("Succeeded"), NOW)
+    assert d.status["phase"] == "Succeeded" and d.requeue_after == 30
+    d = decide(job(), running, pods("Running", r1=PodState("kd-1", 1, 1, "Failed", 2)), NOW)
+    assert d.status["phase"] == "Failed" and d.requeue_after is None
+
+
 def test_active_deadline():
     st = {"attempt": 1, "phase": "Running", "startTime": "2026-11-27T11:00:00Z"}
     d = decide(job(activeDeadlineSeconds=600), st, pods(), NOW)
@@ -147,3 +169,22 @@ def test_memory_is_trimmed_only_after_work_and_a_quiet_moment():
     import time
     time.sleep(0.1)
     assert t.trim_if_idle() and not t.trim_if_idle()  # once per burst
+
+
+def test_the_operators_own_status_patch_is_not_worth_a_reconcile():
+    job_body = {"metadata": {"generation": 3}, "status": {"observedGeneration": 3, "phase": "Running"}}
+    assert not job_event_matters("MODIFIED", job_body)
+    assert job_event_matters("MODIFIED", {"metadata": {"generation": 4}, "status": job_body["status"]})
+    assert job_event_matters("MODIFIED", {"metadata": {"generation": 1}})  # never reconciled yet
+    assert job_event_matters("ADDED", job_body)
+    assert job_event_matters(None, job_body)  # the listing of a restarted operator
+
+
+def test_a_just_created_pending_pod_is_not_worth_a_reconcile():
+    assert not pod_event_matters("ADDED", {"metadata": {}, "status": {"phase": "Pending"}})
+    assert not pod_event_matters("ADDED", {"metadata": {}})
+    assert pod_event_matters("ADDED", {"metadata": {}, "status": {"phase": "Failed"}})
+    assert pod_event_matters("ADDED", {"metadata": {"deletionTimestamp": "x"}, "status": {}})
+    assert pod_event_matters("MODIFIED", {"metadata": {}, "status": {"phase": "Pending"}})
+    assert pod_event_matters("DELETED", {"metadata": {}, "status": {"phase": "Pending"}})
+    assert pod_event_matters(None, {"metadata": {}, "status": {"phase": "Pending"}})

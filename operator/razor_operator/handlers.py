@@ -28,10 +28,13 @@ from razor.spec import GROUP, VERSION, SpecError, parse_job
 from . import metrics
 from .memory import Trimmer
 from .ports import PortIndex
-from .reconcile import FAILED, Decision, PodState, decide
+from .reconcile import FAILED, Decision, PodState, decide, job_event_matters, pod_event_matters
 
 log = logging.getLogger("razor.operator")
 RETRIES = 5
+#: After RETRIES failed reconciles in a row, the job is tried again this much later (the API
+#: server may be down; no watch event may come to try it again).
+RETRY_LATER = 30.0
 
 
 class World:
@@ -79,7 +82,7 @@ class World:
             for (namespace, name), ctx in ready:
                 try:
                     ctx.run(self.request, namespace, name)
-                except Exception as exc:  # logged; the kopf timer is the second chance
+                except Exception as exc:  # request() retries API errors itself; this is a bug
                     log.warning("timed reconcile of %s/%s failed: %s", namespace, name, exc)
 
     def request(self, namespace: str, name: str) -> None:
@@ -104,10 +107,13 @@ class World:
                     failures = 0
                     if decision is not None and decision.requeue_after is not None:
                         self.later(namespace, name, decision.requeue_after)
-                except Exception as exc:  # an API error: try again, a few times, then let kopf log it
+                except Exception as exc:  # an API error: try again, a few times, then later
                     failures += 1
                     if failures >= RETRIES:
-                        raise
+                        log.error("reconcile of %s/%s failed %d times (%s); trying again in %.0fs",
+                                  namespace, name, failures, exc, RETRY_LATER)
+                        self.later(namespace, name, RETRY_LATER)
+                        return
                     log.warning("reconcile of %s/%s failed (%s); retrying", namespace, name, exc)
                     time.sleep(min(0.25 * 2 ** failures, 5.0))
                     continue
@@ -241,24 +247,27 @@ def _apply(world: World, body: dict[str, Any], job, namespace: str, uid: str, d:
         world.delete_job(namespace, name)
 
 
-def register(world: World, timer_interval: float = 5.0) -> None:
-    """Register the handlers with kopf (called once by main)."""
+def register(world: World) -> None:
+    """Register the handlers with kopf (called once by main).
+
+    No kopf timer: a TTL or a deadline is kept by ``World.later`` (scheduled by each reconcile,
+    so again by the first one after a restart), which needs no finalizer on the job: deleting a
+    RazorJob never waits for the operator.
+    """
 
     @kopf.on.event(GROUP, VERSION, PLURAL)
-    def job_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    def job_event(event: dict[str, Any], body: dict[str, Any], name: str, namespace: str,
+                  **_: Any) -> None:
         if event.get("type") == "DELETED":
             world.ports.release(namespace, name)
             metrics.forget(namespace, name)
             return
-        world.request(namespace, name)
+        if job_event_matters(event.get("type"), body):
+            world.request(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={kube.LABEL_JOB: kopf.PRESENT})
-    def pod_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
-        world.request(namespace, labels[kube.LABEL_JOB])
+    def pod_event(event: dict[str, Any], body: dict[str, Any], labels: dict[str, str],
+                  namespace: str, **_: Any) -> None:
+        if pod_event_matters(event.get("type"), body):
+            world.request(namespace, labels[kube.LABEL_JOB])
 
-    def has_clock(spec: dict[str, Any], **_: Any) -> bool:
-        return spec.get("ttlSecondsAfterFinished") is not None or bool(spec.get("activeDeadlineSeconds"))
-
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=timer_interval, when=has_clock)
-    def clock(name: str, namespace: str, **_: Any) -> None:
-        world.request(namespace, name)

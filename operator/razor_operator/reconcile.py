@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from razor.kube import LABEL_ATTEMPT, LABEL_RANK
+from razor.kube import LABEL_ATTEMPT, LABEL_RANK, pod_name
 from razor.launcher import EXIT_PREEMPTED
 from razor.spec import RazorJob
 
@@ -99,8 +99,8 @@ def _describe(p: PodState) -> str:
     return f"rank {p.rank} (pod {p.name}) exited with code {p.exit_code}{why}"
 
 
-def _finish(d: Decision, st: dict[str, Any], phase: str, reason: str, message: str, now: datetime,
-            live: list[PodState]) -> Decision:
+def _finish(job: RazorJob, d: Decision, st: dict[str, Any], phase: str, reason: str, message: str,
+            now: datetime, live: list[PodState]) -> Decision:
     st["phase"] = phase
     st["message"] = message
     st["completionTime"] = _ts(now)
@@ -110,7 +110,34 @@ def _finish(d: Decision, st: dict[str, Any], phase: str, reason: str, message: s
     d.events.append(("Normal" if phase == SUCCEEDED else "Warning", reason, message))
     if phase == FAILED:  # nothing of a failed job keeps running
         d.delete_pods += [p.name for p in live if p.phase not in FINISHED and not p.deleting]
+    # The TTL's clock starts now (the deadline's, if any, no longer matters).
+    d.requeue_after = job.spec.ttl_seconds_after_finished
     return d
+
+
+def job_event_matters(event_type: str | None, body: dict[str, Any]) -> bool:
+    """Whether a RazorJob watch event can change what to do.
+
+    A MODIFIED event whose ``metadata.generation`` the status has already observed changed only
+    the status or the metadata, almost always the operator's own status patch: reconciling on it
+    would only read again what the operator just wrote. A spec change raises the generation.
+    """
+    if event_type != "MODIFIED":
+        return True  # ADDED, and the initial listing of a (re)started operator (type None)
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed is None or observed != (body.get("metadata") or {}).get("generation")
+
+
+def pod_event_matters(event_type: str | None, body: dict[str, Any]) -> bool:
+    """Whether a pod watch event can change what to do for its job.
+
+    A pod ADDED while still Pending is one the operator has just created (and already counted in
+    the status): nothing to do until the pod runs, fails, or goes.
+    """
+    if event_type != "ADDED":
+        return True
+    phase = (body.get("status") or {}).get("phase") or PENDING
+    return phase != PENDING or bool((body.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], now: datetime,
@@ -161,7 +188,7 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
         left = (start + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
         if left <= 0:
             msg = f"ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)"
-            return _finish(d, st, FAILED, "DeadlineExceeded", msg, now, pods)
+            return _finish(job, d, st, FAILED, "DeadlineExceeded", msg, now, pods)
         d.requeue_after = left
 
     stale = [p for p in pods if p.attempt != attempt]
@@ -181,10 +208,10 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
         what = _describe(first)
         if first.exit_code in spec.permanent_exit_codes:
             msg = f"{what}; exit code {first.exit_code} is permanent, not restarted"
-            return _finish(d, st, FAILED, "PermanentFailure", msg, now, list(current.values()))
+            return _finish(job, d, st, FAILED, "PermanentFailure", msg, now, list(current.values()))
         if st["restarts"] >= spec.backoff_limit:
             msg = f"{what}; backoffLimit {spec.backoff_limit} reached after {st['restarts']} restart(s)"
-            return _finish(d, st, FAILED, "BackoffLimitExceeded", msg, now, list(current.values()))
+            return _finish(job, d, st, FAILED, "BackoffLimitExceeded", msg, now, list(current.values()))
         st["restarts"] += 1
         st["attempt"] = attempt + 1
         st["phase"] = RESTARTING
@@ -199,7 +226,7 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
 
     # -- every rank succeeded
     if len(current) == spec.nnodes and all(p.phase == SUCCEEDED for p in current.values()):
-        return _finish(d, st, SUCCEEDED, "Completed", f"all {spec.nnodes} rank(s) succeeded", now, [])
+        return _finish(job, d, st, SUCCEEDED, "Completed", f"all {spec.nnodes} rank(s) succeeded", now, [])
 
     # -- create what is missing, once the previous attempt is gone (the names are the same)
     if not service_exists:
@@ -207,6 +234,11 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
     missing = [r for r in ranks if r not in current]
     if missing and not stale:
         d.create_ranks = missing
+        # The status names the pods being created now, so it is true without waiting for their
+        # ADDED events (the operator does not reconcile on those: nothing about a new pod changes
+        # what to do).
+        st["ranks"] = sorted(st["ranks"] + [{"rank": r, "pod": pod_name(job, r), "phase": PENDING}
+                                            for r in missing], key=lambda e: e["rank"])
         if attempt == 1 and not any(c["type"] == "Created" for c in st.get("conditions", [])):
             set_condition(st, "Created", True, "PodsCreated", f"service and {spec.nnodes} pod(s) created", now)
             d.events.append(("Normal", "Created", f"created service {job.name} and {len(missing)} pod(s)"))

@@ -565,9 +565,8 @@ def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: 
     assert [p["metadata"]["name"] for p in first] == ["kd-0", "kd-1"]
     assert eventually(lambda: status(cluster, ns, "kd").get("phase"), 30, "a phase") == "Pending"
     assert get_json(cluster, "service", "kd", "-n", ns)["spec"]["clusterIP"] == "None"
-    # kopf's finalizer: the timer behind ttlSecondsAfterFinished needs one (patched on by kopf).
-    eventually(lambda: get_json(cluster, "razorjob", "kd", "-n", ns)["metadata"].get("finalizers"),
-               30, "kopf's finalizer")
+    # No finalizer: deleting a job never waits for the operator (its TTL clock needs none).
+    assert not get_json(cluster, "razorjob", "kd", "-n", ns)["metadata"].get("finalizers")
     for p in first:
         kubelet(cluster, ns, p["metadata"]["name"], "Running")
     eventually(lambda: status(cluster, ns, "kd").get("phase") == "Running", 30, "phase Running")
@@ -577,7 +576,7 @@ def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: 
     assert status(cluster, ns, "kd")["restarts"] == 1
     for p in second:
         kubelet(cluster, ns, p["metadata"]["name"], "Succeeded")
-    # Succeeded, then deleted by the ttl (the finalizer removed by kopf).
+    # Succeeded, then deleted by the ttl.
     eventually(lambda: get_json(cluster, "razorjob", "kd", "-n", ns) is None, 60,
                "the job deleted after ttlSecondsAfterFinished")
     events = get_json(cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=kd")["items"]
