@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .spec import CONTRACT_ENV, GROUP, KIND, NAME_MAX, VERSION, RazorJobSpec
+from .spec import CLUSTER_DEFAULTS, CONTRACT_ENV, GROUP, KIND, NAME_MAX, VERSION, RazorJobSpec
 
 PLURAL = "razorjobs"
 SINGULAR = "razorjob"
@@ -117,6 +117,8 @@ def spec_schema() -> dict[str, Any]:
     defs = schema.pop("$defs", {})
     out = _structural(schema, defs)
     out.pop("required", None)
+    for key in CLUSTER_DEFAULTS:  # the operator fills these in: its --defaults, else the model's
+        out["properties"][key].pop("default", None)
     out["x-kubernetes-validations"] = _SPEC_RULES
     return out
 

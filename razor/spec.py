@@ -7,6 +7,7 @@ here; validation collects every error, each naming the field path and the reason
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path, PurePosixPath
@@ -350,11 +351,75 @@ class RazorJob(BaseModel):
     def name(self) -> str:
         return self.metadata.name
 
-    def to_dict(self) -> dict[str, Any]:
-        """The job as a Kubernetes object, with every default filled in."""
+    def to_dict(self, cluster_defaults: bool = False) -> dict[str, Any]:
+        """The job as a Kubernetes object, with every default filled in; with
+        ``cluster_defaults``, without the CLUSTER_DEFAULTS fields the job leaves out (for the
+        cluster to fill in)."""
         doc = self.model_dump(by_alias=True, exclude_none=True, mode="json")
         doc.pop("status", None)
+        if cluster_defaults:
+            unset = {f.alias or name for name, f in RazorJobSpec.model_fields.items()
+                     if name not in self.spec.model_fields_set}
+            for key in unset.intersection(CLUSTER_DEFAULTS):
+                doc["spec"].pop(key, None)
         return doc
+
+
+# ----------------------------------------------------------------------------- cluster defaults
+
+#: Spec fields (as written in YAML) a cluster may default for the jobs that leave them out: the
+#: operator's ``--defaults`` file, which the Helm chart writes from its ``defaults`` values. The
+#: CRD gives these fields no schema default (an API-server default would hide that a job left
+#: them out), razorctl does not send them unless the user set them, and where neither the job nor
+#: the cluster sets one the model's default above applies, as on every backend.
+CLUSTER_DEFAULTS = (
+    "image", "port", "backoffLimit", "permanentExitCodes", "masterAddrTimeoutSeconds",
+    "activeDeadlineSeconds", "ttlSecondsAfterFinished", "nodeSelector", "tolerations",
+    "priorityClassName", "schedulerName", "serviceAccountName",
+)
+
+
+WHAT_DEFAULTS = "a valid set of RazorJob defaults"
+
+
+def parse_cluster_defaults(doc: Any, source: str = "defaults") -> dict[str, Any]:
+    """Check a cluster's defaults (a mapping of spec fields to values); raise SpecError naming
+    each bad field as ``defaults.<field>``."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SpecError(source, [FieldError("defaults", f"expected a mapping of spec fields, got "
+                                                        f"{type(doc).__name__}")], WHAT_DEFAULTS)
+    errors = []
+    for key in doc:
+        if key not in CLUSTER_DEFAULTS:
+            close = difflib.get_close_matches(str(key), CLUSTER_DEFAULTS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            errors.append(FieldError(f"defaults.{key}", f"is not a field a cluster can default ({hint}"
+                                                        f"those are: {', '.join(CLUSTER_DEFAULTS)})"))
+    if not errors:
+        probe = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "defaults"},
+                 "spec": {"config": "defaults.yaml", **doc}}
+        try:
+            parse_job(probe, source)
+        except SpecError as exc:
+            errors = [FieldError(e.path.replace("spec.", "defaults.", 1), e.message) for e in exc.errors]
+    if errors:
+        raise SpecError(source, errors, WHAT_DEFAULTS)
+    return dict(doc)
+
+
+def with_cluster_defaults(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The RazorJob document with the cluster's defaults for the spec fields it leaves out. A
+    ``port`` is not added to a job whose cfgOptions give ``dist_params.port`` (that port rules)."""
+    spec = dict(doc.get("spec") or {})
+    for key, value in defaults.items():
+        if key in spec:
+            continue
+        if key == "port" and "dist_params.port" in (spec.get("cfgOptions") or {}):
+            continue
+        spec[key] = copy.deepcopy(value)
+    return {**doc, "spec": spec}
 
 
 # ----------------------------------------------------------------------------- errors
@@ -383,11 +448,11 @@ class FieldError(tuple):
 class SpecError(ValueError):
     """A RazorJob that cannot be used; ``errors`` holds every problem found."""
 
-    def __init__(self, source: str, errors: list[FieldError]):
+    def __init__(self, source: str, errors: list[FieldError], what: str = "a valid RazorJob"):
         self.source = source
         self.errors = errors
         lines = "\n".join(f"  {e}" for e in errors)
-        super().__init__(f"{source} is not a valid RazorJob:\n{lines}")
+        super().__init__(f"{source} is not {what}:\n{lines}")
 
 
 _FRIENDLY = {

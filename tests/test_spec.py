@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, job_doc, razorctl
-from razor.spec import SpecError, load_job, parse_job
+from razor.spec import (CLUSTER_DEFAULTS, DEFAULT_IMAGE, SpecError, load_job, parse_cluster_defaults, parse_job,
+                        with_cluster_defaults)
 
 BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
 
@@ -101,3 +102,47 @@ def test_docs_describe_every_field():
         for name, field in model.model_fields.items():
             alias = field.alias or name
             assert re.search(rf"[`{{]{re.escape(prefix + alias)}[`.:]", doc), f"{prefix}{alias}"
+
+
+# ---- a cluster's defaults (razor-operator --defaults, the chart's `defaults`) --------------------
+
+
+def test_cluster_defaults_fill_only_what_a_job_leaves_out():
+    defaults = parse_cluster_defaults({"image": "registry.local/razor-trainer:2", "backoffLimit": 1,
+                                       "priorityClassName": "batch", "port": 29600})
+    mine = parse_job(with_cluster_defaults(job_doc("a", config="c.yaml", backoffLimit=5), defaults))
+    assert mine.spec.image == "registry.local/razor-trainer:2" and mine.spec.priority_class_name == "batch"
+    assert mine.spec.backoff_limit == 5 and mine.spec.port == 29600
+    # cfgOptions' dist_params.port rules: the cluster's port is not added to disagree with it.
+    cfg = job_doc("b", config="c.yaml", cfgOptions={"dist_params.port": 29501})
+    assert parse_job(with_cluster_defaults(cfg, defaults)).spec.cfg_options == {"dist_params.port": 29501}
+    # Without the cluster's, razor's own.
+    assert parse_job(with_cluster_defaults(job_doc("c", config="c.yaml"), {})).spec.image == DEFAULT_IMAGE
+
+
+def test_razorctl_leaves_the_cluster_defaults_to_the_cluster():
+    job = parse_job(job_doc("a", config="c.yaml", backoffLimit=5, port="auto"))
+    sent = job.to_dict(cluster_defaults=True)["spec"]
+    assert sent["backoffLimit"] == 5 and sent["port"] == "auto" and sent["nnodes"] == 1
+    assert not {"image", "masterAddrTimeoutSeconds", "permanentExitCodes"} & set(sent)
+    assert job.to_dict()["spec"]["image"] == DEFAULT_IMAGE  # razorctl validate/render show them all
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"imag": "x"}, "defaults.imag: is not a field a cluster can default (did you mean 'image'?"),
+    ({"nnodes": 2}, "defaults.nnodes: is not a field a cluster can default"),
+    ({"backoffLimit": -1}, "defaults.backoffLimit: must be greater than or equal to 0 (got -1)"),
+    ({"image": "a b"}, "defaults.image: 'a b' is not an image reference"),
+    ({"port": 80}, "defaults.port:"),
+    (["image"], "defaults: expected a mapping of spec fields, got list"),
+])
+def test_bad_cluster_defaults_name_the_field(doc, message):
+    with pytest.raises(SpecError) as err:
+        parse_cluster_defaults(doc, "--defaults d.yaml")
+    assert str(err.value).startswith("--defaults d.yaml is not a valid set of RazorJob defaults:")
+    assert message in str(err.value)
+
+
+def test_every_cluster_default_is_a_spec_field():
+    from razor.spec import RazorJobSpec
+    assert set(CLUSTER_DEFAULTS) <= {f.alias or n for n, f in RazorJobSpec.model_fields.items()}

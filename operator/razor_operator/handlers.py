@@ -23,7 +23,7 @@ from kubernetes.client.rest import ApiException
 
 from razor import kube
 from razor.crd import PLURAL
-from razor.spec import GROUP, VERSION, SpecError, parse_job
+from razor.spec import GROUP, VERSION, SpecError, parse_job, with_cluster_defaults
 
 from . import metrics
 from .memory import Trimmer
@@ -40,8 +40,10 @@ RETRY_LATER = 30.0
 class World:
     """The operator's connection to the API server and its in-memory indexes."""
 
-    def __init__(self, api_client: client.ApiClient, ports: PortIndex, workers: int = 32):
+    def __init__(self, api_client: client.ApiClient, ports: PortIndex, workers: int = 32,
+                 defaults: dict[str, Any] | None = None):
         self.core = client.CoreV1Api(api_client)
+        self.defaults = defaults or {}  # the cluster's values for spec fields a job leaves out
         self.custom = client.CustomObjectsApi(api_client)
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
@@ -202,7 +204,8 @@ def reconcile(world: World, namespace: str, name: str) -> Decision | None:
     uid = meta["uid"]
     status = body.get("status") or {}
     try:
-        job = parse_job({k: v for k, v in body.items() if k != "status"}, f"RazorJob {namespace}/{name}")
+        doc = with_cluster_defaults({k: v for k, v in body.items() if k != "status"}, world.defaults)
+        job = parse_job(doc, f"RazorJob {namespace}/{name}")
     except SpecError as exc:  # the CRD's schema should have refused it; say so, once
         if status.get("phase") != FAILED:
             world.patch_status(namespace, name, {"phase": FAILED, "message": str(exc)})

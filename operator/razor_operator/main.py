@@ -17,10 +17,11 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+import yaml
 from kubernetes.client.rest import ApiException
 
 from razor.crd import PLURAL
-from razor.spec import GROUP, VERSION
+from razor.spec import GROUP, VERSION, SpecError, parse_cluster_defaults
 
 from .handlers import World, register
 from .ports import PortIndex
@@ -45,8 +46,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=32, help="concurrent pod creations")
     p.add_argument("--handler-threads", type=int, default=16,
                    help="threads running handlers (a job's events coalesce, so few are needed)")
+    p.add_argument("--defaults", metavar="FILE",
+                   help="YAML mapping of spec fields to values for the jobs that leave them out "
+                        f"(image, port, backoffLimit, ...; see razor.spec.CLUSTER_DEFAULTS)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every handler call")
     args = p.parse_args(argv)
+    args.job_defaults = {}
+    if args.defaults:
+        try:
+            with open(args.defaults, encoding="utf-8") as f:
+                args.job_defaults = parse_cluster_defaults(yaml.safe_load(f), f"--defaults {args.defaults}")
+        except (OSError, yaml.YAMLError) as exc:
+            p.error(f"--defaults {args.defaults}: cannot read it: {exc}")
+        except SpecError as exc:
+            p.error(str(exc))
     try:
         first, last = (int(x) for x in args.host_port_range.split("-"))
         PortIndex(first, last)
@@ -101,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     api = load_kube(args.kubeconfig)
     ports = PortIndex(*args.port_range)
     rebuild_ports(api, ports, args.namespace)
-    world = World(api, ports, workers=args.workers)
+    world = World(api, ports, workers=args.workers, defaults=args.job_defaults)
     world.trimmer.start()
     register(world)
 
@@ -125,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
         start_http_server(args.metrics_port, addr=args.metrics_address)
     print(json.dumps({"razor-operator": "starting", "namespaces": args.namespace or "all",
-                      "liveness": args.liveness, "metrics_port": args.metrics_port or None}),
+                      "liveness": args.liveness, "metrics_port": args.metrics_port or None,
+                      "defaults": args.job_defaults}),
           flush=True)
     kopf.run(
         clusterwide=not args.namespace,

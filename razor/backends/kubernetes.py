@@ -66,7 +66,7 @@ class Cluster:
             raise KubeError(f"{what}: cannot reach the API server ({exc})") from None
 
     def submit(self, job: RazorJob, namespace: str) -> dict[str, Any]:
-        body = job.to_dict()
+        body = job.to_dict(cluster_defaults=True)  # what the job leaves out, the cluster fills in
         body["metadata"]["namespace"] = namespace
         return self._call(f"creating RazorJob {namespace}/{job.name}",
                           self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body)

@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from kube_cluster import ROOT, ControlPlane
+from razor.spec import CLUSTER_DEFAULTS, DEFAULT_IMAGE, parse_cluster_defaults, parse_job
 from k8s.conftest import namespace_name
 
 from .conftest import CHART, Helm
@@ -199,17 +200,23 @@ class OperatorProcess:
     """razor-operator as a process with the Deployment's arguments, logged in as a ServiceAccount.
 
     The Deployment's liveness and metrics listen on 0.0.0.0 at fixed ports; here on 127.0.0.1 at
-    free ones. Everything else (--namespace, --standalone, --workers, ...) is the chart's.
+    free ones; its --defaults file is the release's ConfigMap, written next to the log. Everything
+    else (--namespace, --standalone, --workers, ...) is the chart's.
     """
 
-    def __init__(self, deployment_args: list[str], kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, manifest: list[dict], kubeconfig: Path, log_path: Path) -> None:
         self.live_port, self.metrics_port = free_port(), free_port()
+        # The ConfigMap the Deployment mounts at /etc/razor, as a file here.
+        defaults = log_path.with_name("defaults.yaml")
+        defaults.write_text(one(manifest, "ConfigMap")["data"]["defaults.yaml"])
         args = []
-        for a in deployment_args:
+        for a in operator_container(manifest)["args"]:
             if a.startswith("--liveness="):
                 a = f"--liveness=http://127.0.0.1:{self.live_port}/healthz"
             elif a.startswith("--metrics-port="):
                 a = f"--metrics-port={self.metrics_port}"
+            elif a == "--defaults=/etc/razor/defaults.yaml":
+                a = f"--defaults={defaults}"
             args.append(a)
         self.metrics = any(a.startswith("--metrics-port=") for a in args)
         self.argv = [sys.executable, "-m", "razor_operator", *args, f"--kubeconfig={kubeconfig}",
@@ -323,7 +330,8 @@ def test_default_render(helm: Helm):
     assert c["image"] == "razor-operator:0.1.0" and c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["razor-operator"]
     assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090",
-                         "--standalone", "--workers=32", "--host-port-range=29500-32767"]
+                         "--standalone", "--workers=32", "--host-port-range=29500-32767",
+                         "--defaults=/etc/razor/defaults.yaml"]
     assert c["securityContext"] == {
         "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -333,6 +341,8 @@ def test_default_render(helm: Helm):
                               "limits": {"memory": "512Mi"}}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    assert {"name": "defaults", "mountPath": "/etc/razor", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "defaults", "configMap": {"name": "razor-defaults"}} in pod["volumes"]
     svc = one(objs, "Service")
     assert svc["spec"]["selector"] == spec["selector"]["matchLabels"]
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
@@ -349,7 +359,8 @@ def test_non_default_render(helm: Helm):
     objs = helm.template(values=[*NAMESPACED, "image.repository=registry.local/razor-operator",
                                  "image.tag=dev", "image.pullPolicy=Always", "extraArgs={--verbose}",
                                  "liveness.port=8081", "nodeSelector.pool=system",
-                                 "resources.limits.cpu=1"])
+                                 "resources.limits.cpu=1", "defaults.image=registry.local/razor-trainer:2",
+                                 "defaults.priorityClassName=batch"])
     assert kinds(objs) == [
         ("ClusterRole", "razor-operator", None),
         ("ClusterRoleBinding", "razor-operator", None),
@@ -365,7 +376,15 @@ def test_non_default_render(helm: Helm):
     assert c["image"] == "registry.local/razor-operator:dev" and c["imagePullPolicy"] == "Always"
     assert c["args"] == ["--liveness=http://0.0.0.0:8081/healthz",
                          "--namespace=team-a", "--namespace=team-b",
-                         "--standalone", "--workers=32", "--host-port-range=29500-32767", "--verbose"]
+                         "--standalone", "--workers=32", "--host-port-range=29500-32767",
+                         "--defaults=/etc/razor/defaults.yaml", "--verbose"]
+    assert yaml.safe_load(one(objs, "ConfigMap")["data"]["defaults.yaml"]) == {
+        "image": "registry.local/razor-trainer:2", "priorityClassName": "batch", "port": 29500,
+        "backoffLimit": 3, "masterAddrTimeoutSeconds": 300}
+    # Other defaults, another checksum: `helm upgrade` restarts the operator to read them.
+    annotation = "razor.dev/defaults-checksum"
+    checksum = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert checksum != one(helm.template(), "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
     assert [p["name"] for p in c["ports"]] == ["health"] and c["ports"][0]["containerPort"] == 8081
     assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "system"}
@@ -431,9 +450,12 @@ def test_rbac_has_no_secrets_no_wildcards_no_escalation(helm: Helm, values: list
     (["--set", "metrics.port=0"], "at '/metrics/port'"),
     (["--set", "watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
     (["--set", "watchNamespaces=team-a"], "at '/watchNamespaces': got string, want array"),
-    (["--set", "defaults.trainerImage="], "at '/defaults/trainerImage'"),
+    (["--set", "defaults.image="], "at '/defaults/image'"),
+    (["--set", "defaults.backofLimit=1"], "at '/defaults': additional properties 'backofLimit' not allowed"),
+    (["--set", "defaults.port=80"], "at '/defaults/port'"),
 ], ids=["replicas-word", "unknown-key", "replicas-2-standalone", "image-typo", "pull-policy",
-        "metrics-port-0", "namespace-not-dns", "namespaces-not-list", "empty-trainer-image"])
+        "metrics-port-0", "namespace-not-dns", "namespaces-not-list", "empty-trainer-image",
+        "defaults-typo", "defaults-port-80"])
 def test_a_schema_violation_fails_with_a_clear_message(helm: Helm, args: list[str], message: str):
     out = helm.run("template", RELEASE, str(CHART), *args, check=False)
     assert out.returncode != 0, out.stdout[:2000]
@@ -450,16 +472,18 @@ def test_a_schema_violation_in_a_values_file(helm: Helm, tmp_path: Path):
     assert "additional properties 'watchNamespace' not allowed" in out.stderr, out.stderr
 
 
-def test_values_defaults_equal_the_crds_defaults(helm: Helm):
-    """values.yaml's `defaults` say what the API server fills in: the CRD's schema defaults."""
+def test_values_defaults_are_razors_own_and_the_operator_accepts_them(helm: Helm):
+    """A default install changes nothing a job gets: values.yaml's `defaults` are the spec
+    model's defaults; the CRD leaves these fields to the operator (no schema default), and the
+    ConfigMap the operator reads is a valid --defaults file."""
     crd = yaml.safe_load(CRD_FILE.read_text())
-    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())["defaults"]
-    assert values == {"trainerImage": spec["image"]["default"], "port": spec["port"]["default"],
-                      "backoffLimit": spec["backoffLimit"]["default"],
-                      "masterAddrTimeoutSeconds": spec["masterAddrTimeoutSeconds"]["default"]}
+    model = parse_job(json.loads(job_doc("x", "default"))).to_dict()["spec"]
+    assert values == {k: model[k] for k in ("image", "port", "backoffLimit", "masterAddrTimeoutSeconds")}
+    assert not [k for k in CLUSTER_DEFAULTS if "default" in props[k]]
     cm = one(helm.template(), "ConfigMap", "razor-defaults")
-    assert cm["data"] == {k: str(v) for k, v in values.items()}
+    assert parse_cluster_defaults(yaml.safe_load(cm["data"]["defaults.yaml"])) == values
 
 
 def test_chart_metadata():
@@ -557,12 +581,16 @@ def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
     check_can_i(cluster, SA_USER, allowed, denied)
 
 
-def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: str) -> None:
+def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: str,
+                                image: str = DEFAULT_IMAGE) -> None:
     """A 2-node job with a clock: pods, Service, status, a rank failure (the gang is deleted and
-    created again), success, then the ttl deletes the job. Every API call the operator makes."""
+    created again), success, then the ttl deletes the job. Every API call the operator makes.
+    The job names no image: its pods run the release's ``defaults.image``."""
     cluster.kubectl("apply", "-f", "-", input=job_doc("kd", ns, nnodes=2, ttlSecondsAfterFinished=1))
     first = eventually(lambda: len(p := pods(cluster, ns, "kd", attempt=1)) == 2 and p, 60, "2 pods")
     assert [p["metadata"]["name"] for p in first] == ["kd-0", "kd-1"]
+    assert [c["image"] for p in first for c in p["spec"]["containers"]] == [image, image]
+    assert "image" not in get_json(cluster, "razorjob", "kd", "-n", ns)["spec"]
     assert eventually(lambda: status(cluster, ns, "kd").get("phase"), 30, "a phase") == "Pending"
     assert get_json(cluster, "service", "kd", "-n", ns)["spec"]["clusterIP"] == "None"
     # No finalizer: deleting a job never waits for the operator (its TTL clock needs none).
@@ -589,10 +617,9 @@ def test_the_operator_runs_jobs_with_the_service_accounts_token(
     kubeconfig = sa_kubeconfig(cluster, SA, SYSTEM_NS, tmp_path / "sa.kubeconfig")
     whoami = cluster.kubectl("auth", "whoami", f"--kubeconfig={kubeconfig}", "-o", "json")
     assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == SA_USER
-    manifest = yaml.safe_load_all(helm.run("get", "manifest", RELEASE, "-n", SYSTEM_NS,
-                                           cluster=cluster).stdout)
-    args = operator_container([o for o in manifest if o])["args"]
-    with OperatorProcess(args, kubeconfig, tmp_path / "operator.log") as op:
+    manifest = [o for o in yaml.safe_load_all(helm.run("get", "manifest", RELEASE, "-n", SYSTEM_NS,
+                                                       cluster=cluster).stdout) if o]
+    with OperatorProcess(manifest, kubeconfig, tmp_path / "operator.log") as op:
         run_a_gang_through_its_life(cluster, op, namespace)
         assert "razor_pods_created_total 4.0" in op.metrics_text()
         op.assert_clean_log()
@@ -606,7 +633,7 @@ def test_a_namespaced_install_runs_jobs_only_in_its_namespaces(
     try:
         out = helm.run("install", "razor-ns", str(CHART), "--namespace", system, "--create-namespace",
                        "--set", f"watchNamespaces={{{watched}}}", "--set", "metrics.enabled=false",
-                       cluster=cluster)
+                       "--set", "defaults.image=registry.local/razor-trainer:9", cluster=cluster)
         assert f"runs RazorJobs in the namespaces {watched}." in out.stdout, out.stdout
         assert get_json(cluster, "role", "razor-ns-operator", "-n", watched) is not None
         assert get_json(cluster, "role", "razor-ns-operator", "-n", other) is None
@@ -622,13 +649,13 @@ def test_a_namespaced_install_runs_jobs_only_in_its_namespaces(
                     ("create", "events", other), ("get", "secrets", watched),
                     ("get", "namespaces", None), ("delete", "namespaces", None), ("*", "*", None)])
         kubeconfig = sa_kubeconfig(cluster, "razor-ns-operator", system, tmp_path / "sa.kubeconfig")
-        manifest = yaml.safe_load_all(helm.run("get", "manifest", "razor-ns", "-n", system,
-                                               cluster=cluster).stdout)
-        args = operator_container([o for o in manifest if o])["args"]
+        manifest = [o for o in yaml.safe_load_all(helm.run("get", "manifest", "razor-ns", "-n", system,
+                                                           cluster=cluster).stdout) if o]
+        args = operator_container(manifest)["args"]
         assert f"--namespace={watched}" in args and not any(a.startswith("--metrics") for a in args)
-        with OperatorProcess(args, kubeconfig, tmp_path / "operator.log") as op:
+        with OperatorProcess(manifest, kubeconfig, tmp_path / "operator.log") as op:
             cluster.kubectl("apply", "-f", "-", input=job_doc("elsewhere", other, nnodes=2))
-            run_a_gang_through_its_life(cluster, op, watched)
+            run_a_gang_through_its_life(cluster, op, watched, image="registry.local/razor-trainer:9")
             # The job in the namespace it does not watch: untouched.
             assert pods(cluster, other, "elsewhere") == [] and status(cluster, other, "elsewhere") == {}
             op.assert_clean_log()
