@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .launcher import DEFAULT_PORT_K8S, node_argv, node_env
+from .launcher import DEFAULT_PORT_K8S, node_argv, node_env, requested_port
 from .spec import API_VERSION, KIND, RazorJob
 
 LABEL_JOB = "razor.dev/job-name"
@@ -33,7 +33,8 @@ def job_port(job: RazorJob, allocated: int | None = None) -> int:
     the operator allocates one (``allocated``)."""
     if allocated is not None:
         return allocated
-    return DEFAULT_PORT_K8S if job.spec.port == "auto" else int(job.spec.port)
+    port = requested_port(job)  # spec.port, else cfgOptions dist_params.port (the seed's Option 2)
+    return DEFAULT_PORT_K8S if port is None else port
 
 
 def owner_reference(job: RazorJob, uid: str) -> dict[str, Any]:

@@ -73,3 +73,13 @@ def test_crd_schema_covers_every_spec_field():
     props = crd.spec_schema()["properties"]
     for name, field in RazorJobSpec.model_fields.items():
         assert (field.alias or name) in props
+
+
+def test_the_port_is_the_specs_else_the_cfg_options_else_29500():
+    def master_port(**spec):
+        pod = kube.pod(parse_job(job_doc("p", config="c.yaml", **spec)), 0, "default")
+        return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}["MASTER_PORT"]
+
+    assert master_port() == master_port(port="auto") == "29500"
+    assert master_port(port=29600) == "29600"
+    assert master_port(cfgOptions={"dist_params.port": 29501}) == "29501"  # the seed's Option 2
