@@ -16,6 +16,13 @@ The cluster is left running when the tests end: a second test session (in anothe
 may be using it, and the next start finds it in a fraction of a second. ``stop()`` or
 ``scripts/slurm-setup.sh stop`` stops it.
 
+``SlurmCluster(nodes=2, hold=True)`` is a separate cluster (``RAZOR_SLURM_NODES=2``: by default
+under /tmp/razor-slurm2, ClusterName razor2, its own munged and ports) whose nodes ``node1`` and
+``node2`` are each a slurmd in its own network namespace, with its own address and hostname.
+With ``hold``, ``start()`` records this process as a user of the cluster and ``stop()`` stops it
+(namespaces included) only when no other live process that started it with ``hold`` is left.
+Where network namespaces cannot be made, ``start()`` raises :class:`SlurmUnavailable`.
+
 Every wait is bounded and raises :class:`SlurmError` with the job's record and the end of the
 daemons' logs.
 """
@@ -46,6 +53,14 @@ class SlurmError(RuntimeError):
     """The cluster did not start, a command failed, or a wait ran out."""
 
 
+class SlurmUnavailable(SlurmError):
+    """This machine cannot run the multi-node cluster: it cannot make network namespaces."""
+
+
+#: scripts/slurm-setup.sh's exit code when it cannot make network namespaces.
+EXIT_NO_NETNS = 3
+
+
 def parse_record(line: str) -> dict[str, str]:
     """The fields of one ``scontrol show job|node -o`` line: ``{"JobId": "7", "JobState": ...}``.
 
@@ -64,10 +79,15 @@ class SlurmCluster:
     """The test cluster of ``scripts/slurm-setup.sh``; :meth:`start` before anything else."""
 
     def __init__(self, setup_script: Path = SETUP_SCRIPT, slurm_dir: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 600) -> None:
+                 start_timeout: float = 600, nodes: int = 1, hold: bool = False) -> None:
         self.setup_script = Path(setup_script)
-        self.slurm_dir = Path(slurm_dir) if slurm_dir is not None else Path(
-            os.environ.get("RAZOR_SLURM_DIR", "/tmp/razor-slurm"))
+        if slurm_dir is None:
+            # $RAZOR_SLURM_DIR names the one-node cluster's folder, never the multi-node one's.
+            slurm_dir = (os.environ.get("RAZOR_SLURM_DIR", "/tmp/razor-slurm") if nodes == 1
+                         else f"/tmp/razor-slurm{nodes}")
+        self.slurm_dir = Path(slurm_dir)
+        self.nodes = nodes
+        self.hold = hold
         self.start_timeout = start_timeout
         self.conf: Path | None = None
         #: Seconds the last :meth:`start` took (the set-up script, install included).
@@ -79,6 +99,10 @@ class SlurmCluster:
     def _setup(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         env["RAZOR_SLURM_DIR"] = str(self.slurm_dir)
+        env["RAZOR_SLURM_NODES"] = str(self.nodes)
+        env.pop("RAZOR_SLURM_HOLDER", None)
+        if self.hold:
+            env["RAZOR_SLURM_HOLDER"] = str(os.getpid())
         try:
             return subprocess.run(["bash", str(self.setup_script), *args], env=env, text=True,
                                   capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -87,10 +111,13 @@ class SlurmCluster:
                              f"{_text(e.stderr)[-4000:]}") from e
 
     def start(self) -> SlurmCluster:
-        """Start the cluster (or find it running) and wait until its node is up."""
+        """Start the cluster (or find it running) and wait until its nodes are up."""
         t0 = time.monotonic()
         proc = self._setup("start", timeout=self.start_timeout)
         self.startup_seconds = time.monotonic() - t0
+        if proc.returncode == EXIT_NO_NETNS and self.nodes > 1:
+            raise SlurmUnavailable(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                                   else "network namespaces are not available here")
         lines = proc.stdout.strip().splitlines()
         last = lines[-1] if lines else ""
         m = re.fullmatch(r"export SLURM_CONF=(\S+)", last.strip())
@@ -101,7 +128,8 @@ class SlurmCluster:
         return self
 
     def stop(self) -> None:
-        """Cancel every job and stop the daemons (``scripts/slurm-setup.sh stop``)."""
+        """Cancel every job and stop the daemons (``scripts/slurm-setup.sh stop``); with ``hold``,
+        only once no other holder is left."""
         proc = self._setup("stop", timeout=120)
         if proc.returncode != 0:
             raise SlurmError(f"{self.setup_script.name} stop failed:\n{proc.stderr[-4000:]}")
@@ -211,6 +239,12 @@ class SlurmCluster:
         """``{node: state}`` from ``sinfo -N`` ("idle", "mixed", "allocated", "down*" ...)."""
         out = self.run("sinfo", "-h", "-N", "-o", "%N %T").stdout
         return dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+
+    def node_addrs(self) -> dict[str, str]:
+        """``{node: NodeAddr}`` from ``scontrol show node``."""
+        out = self.run("scontrol", "show", "node", "-o").stdout
+        records = [parse_record(line) for line in out.splitlines() if line.strip()]
+        return {r["NodeName"]: r["NodeAddr"] for r in records if "NodeName" in r}
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of slurmctld's and slurmd's logs, for error messages."""
