@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,20 @@ def razorctl(*args: str, cwd: Path, timeout: float = 300, **kw: Any) -> subproce
 def razorctl_popen(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "razor.cli", *args], cwd=cwd, env=env_for_tests(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def eventually(fn: Callable[[], Any], timeout: float = 30, what: str = "condition",
+               interval: float = 0.1) -> Any:
+    """``fn()``'s first true value, polling until ``timeout`` seconds; an AssertionError saying
+    what was awaited and the last value seen, after that."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -122,7 +122,7 @@ def test_killed_job_resumes_from_its_last_checkpoint(tmp_path: Path):
     res = razorctl("submit", "--local", str(again), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"resumed from {wd}/epoch_{killed_at}.pth (epoch {killed_at})" in res.stdout
-    assert f"epoch   1/" not in res.stdout, "a resumed job must not start again from epoch 0"
+    assert "epoch   1/" not in res.stdout, "a resumed job must not start again from epoch 0"
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     epochs = [r["epoch"] for r in rows]
     assert epochs == list(range(1, killed_at + 3)), "each epoch recorded exactly once"

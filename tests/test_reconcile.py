@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from conftest import job_doc
 from razor.spec import parse_job

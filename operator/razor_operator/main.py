@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="threads running handlers (a job's events coalesce, so few are needed)")
     p.add_argument("--defaults", metavar="FILE",
                    help="YAML mapping of spec fields to values for the jobs that leave them out "
-                        f"(image, port, backoffLimit, ...; see razor.spec.CLUSTER_DEFAULTS)")
+                        "(image, port, backoffLimit, ...; see razor.spec.CLUSTER_DEFAULTS)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every handler call")
     args = p.parse_args(argv)
     args.job_defaults = {}

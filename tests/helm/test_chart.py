@@ -26,7 +26,7 @@ import sys
 import tarfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import eventually
 from kube_cluster import ROOT, ControlPlane
 from razor.spec import CLUSTER_DEFAULTS, DEFAULT_IMAGE, parse_cluster_defaults, parse_job
 from k8s.conftest import namespace_name
@@ -98,17 +99,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def eventually(fn: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 def can_i(cluster: ControlPlane, user: str, verb: str, resource: str, namespace: str | None = None,

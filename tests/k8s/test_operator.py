@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-import yaml
+
+from conftest import eventually
 
 pytestmark = pytest.mark.k8s
 
@@ -99,17 +99,6 @@ def get_job(api, namespace: str, name: str) -> dict:
 def pods_of(api, namespace: str, name: str) -> list:
     return sorted(api[0].list_namespaced_pod(namespace, label_selector=f"razor.dev/job-name={name}").items,
                   key=lambda p: p.metadata.name)
-
-
-def eventually(fn: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def phase_is(api, ns, name, phase):
@@ -244,7 +233,7 @@ def test_operator_killed_while_creating_32_pods_never_duplicates(api, cluster, n
     op.kill(signal.SIGKILL)
     op2 = Operator(cluster, namespace, tmp_path / "op2.log").start()
     try:
-        pods = eventually(all_pods(api, namespace, "big", 32), what="32 pods")
+        eventually(all_pods(api, namespace, "big", 32), what="32 pods")
         time.sleep(2)  # any duplicate would show up now
         names = [p.metadata.name for p in pods_of(api, namespace, "big")]
         assert names == sorted(f"big-{r}" for r in range(32)) and len(set(names)) == 32

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from k8s.test_operator import Operator, all_pods, eventually, get_job, kubelet, phase_is, pods_of
+from conftest import eventually
+from k8s.test_operator import Operator, all_pods, kubelet, phase_is, pods_of
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "razorjob-digits-kd.yaml"
