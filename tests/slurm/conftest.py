@@ -25,7 +25,6 @@ as the module ``conftest`` and replace tests/conftest.py in ``sys.modules``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
