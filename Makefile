@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.razor-installed
 PYTEST_ARGS ?=
 
-.PHONY: install k8s-binaries helm-binary slurm-cluster demo test test-local bench clean
+.PHONY: install k8s-binaries helm-binary slurm-cluster images-tools demo test test-local bench clean
 
 install: $(STAMP)
 
@@ -35,10 +35,15 @@ helm-binary:
 slurm-cluster:
 	@scripts/slurm-setup.sh >/dev/null
 
+# podman, runc and debootstrap (Debian packages), and the base image localhost/razor-base
+# debootstrapped once and cached in ~/.cache/razor/images (scripts/image-base.sh).
+images-tools:
+	@scripts/image-base.sh >/dev/null
+
 demo: install
 	$(VENV)/bin/razorctl submit --local examples/razorjob-digits-kd.yaml
 
-test: install k8s-binaries helm-binary slurm-cluster
+test: install k8s-binaries helm-binary slurm-cluster images-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-local: install
