@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import logging
@@ -450,6 +451,11 @@ class Trainer:
             return
         sampler = DistributedSampler(range(len(self.y_train)), num_replicas=self.d.world_size,
                                      rank=self.d.rank, shuffle=True, seed=self.seed)
+        # Everything made so far (the imported libraries, the data, the models) lives until the
+        # end: out of the garbage collector's sight, its full collections during training no
+        # longer walk it.
+        gc.collect()
+        gc.freeze()
         self.info(f"[{st.name}] {count_parameters(st.model):,} parameters, {st.epochs} epochs, "
                   f"{len(sampler)} samples per process, batch {self.batch} per process")
         for epoch in range(start_epoch, st.epochs):

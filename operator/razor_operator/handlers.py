@@ -43,8 +43,8 @@ class World:
     def __init__(self, api_client: client.ApiClient, ports: PortIndex, workers: int = 32,
                  defaults: dict[str, Any] | None = None):
         self.core = client.CoreV1Api(api_client)
-        self.defaults = defaults or {}  # the cluster's values for spec fields a job leaves out
         self.custom = client.CustomObjectsApi(api_client)
+        self.defaults = defaults or {}  # the cluster's values for spec fields a job leaves out
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
         self.trimmer = Trimmer()

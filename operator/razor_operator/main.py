@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 import yaml
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from razor.crd import PLURAL
