@@ -112,7 +112,8 @@ def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attemp
     for key, value in (("nodeSelector", spec.node_selector), ("tolerations", spec.tolerations),
                        ("affinity", spec.affinity), ("priorityClassName", spec.priority_class_name),
                        ("schedulerName", spec.scheduler_name),
-                       ("serviceAccountName", spec.service_account_name)):
+                       ("serviceAccountName", spec.service_account_name),
+                       ("securityContext", spec.pod_security_context)):
         if value:
             pod_spec[key] = value
     labels = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}

@@ -203,6 +203,11 @@ class RazorJobSpec(_Model):
     priority_class_name: str | None = None
     scheduler_name: str | None = None
     service_account_name: str | None = None
+    pod_security_context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The pods' securityContext, e.g. fsGroup: 65532 so that the razor-trainer image "
+                    "(non-root, 65532) can write to a volume.",
+    )
     volumes: list[dict[str, Any]] = Field(default_factory=list, description="Pod volumes (data, work dir).")
     volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="Where the volumes go.")
     working_dir: str | None = Field(None, description="The container's working directory (image default).")
@@ -375,7 +380,7 @@ class RazorJob(BaseModel):
 CLUSTER_DEFAULTS = (
     "image", "port", "backoffLimit", "permanentExitCodes", "masterAddrTimeoutSeconds",
     "activeDeadlineSeconds", "ttlSecondsAfterFinished", "nodeSelector", "tolerations",
-    "priorityClassName", "schedulerName", "serviceAccountName",
+    "priorityClassName", "schedulerName", "serviceAccountName", "podSecurityContext",
 )
 
 

@@ -83,3 +83,9 @@ def test_the_port_is_the_specs_else_the_cfg_options_else_29500():
     assert master_port() == master_port(port="auto") == "29500"
     assert master_port(port=29600) == "29600"
     assert master_port(cfgOptions={"dist_params.port": 29501}) == "29501"  # the seed's Option 2
+
+
+def test_the_pods_security_context():
+    job = parse_job(job_doc("s", config="c.yaml", podSecurityContext={"fsGroup": 65532, "runAsNonRoot": True}))
+    assert kube.pod(job, 0, "default")["spec"]["securityContext"] == {"fsGroup": 65532, "runAsNonRoot": True}
+    assert "securityContext" not in kube.pod(parse_job(job_doc("t", config="c.yaml")), 0, "default")["spec"]

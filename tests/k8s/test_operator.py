@@ -142,7 +142,7 @@ def run_all(api, ns, name, n, attempt=1):
 
 def test_four_node_job_gets_a_headless_service_and_four_pods_with_the_contract(api, namespace, operator):
     create_job(api, namespace, "kd", nnodes=4, gpusPerNode=2, image="razor-trainer:test",
-               resources={"requests": {"cpu": "2"}, "shmSize": "2Gi"})
+               resources={"requests": {"cpu": "2"}, "shmSize": "2Gi"}, podSecurityContext={"fsGroup": 65532})
     pods = eventually(all_pods(api, namespace, "kd", 4), what="4 pods")
     svc = api[0].read_namespaced_service("kd", namespace)
     assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses is True
@@ -161,6 +161,7 @@ def test_four_node_job_gets_a_headless_service_and_four_pods_with_the_contract(a
         shm = next(v for v in pod.spec.volumes if v.name == "dshm")
         assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "2Gi"
         assert pod.metadata.owner_references[0].kind == "RazorJob"
+        assert pod.spec.security_context.fs_group == 65532
     status = get_job(api, namespace, "kd")["status"]
     assert any(c["type"] == "Created" and c["status"] == "True" for c in status["conditions"])
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as resp:
