@@ -64,27 +64,27 @@ What the operator does to RazorJobs and their pods, Services and Events, in the 
 watches (a ClusterRole's rules when it watches all, a Role's in each watched namespace).
 */}}
 {{- define "razor.jobRules" -}}
-# RazorJobs: kopf lists and watches them; kopf patches a finalizer onto jobs with a clock
-# (ttlSecondsAfterFinished, activeDeadlineSeconds) and off again; the operator gets a job before
-# each reconcile and deletes a finished one whose ttlSecondsAfterFinished has passed.
+# RazorJobs: kopf lists and watches them (and would patch off a finalizer an older kopf-based
+# operator left on one); the operator gets a job before each reconcile and deletes a finished one
+# whose ttlSecondsAfterFinished has passed.
 - apiGroups: ["razor.dev"]
   resources: ["razorjobs"]
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
-# The job's status (phase, conditions, ranks, port), written through the status subresource.
+  verbs: ["get", "list", "watch", "patch", "delete"]
+# The job's status (phase, conditions, ranks, port), patched through the status subresource.
 - apiGroups: ["razor.dev"]
   resources: ["razorjobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # One pod per node: watched (kopf), listed per job, created, deleted for a gang restart or
 # a suspend.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 # The job's headless Service: read to see whether it exists, created once.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "create"]
-# Events on the jobs (Created, Running, Restarting, ...), from kopf.event and kopf's errors.
-- apiGroups: ["", "events.k8s.io"]
+# Events on the jobs (Created, Running, Restarting, ...), posted by kopf.event (core/v1 Events).
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
