@@ -90,6 +90,16 @@ def run_bounded(cmd: list[str], log: Path, timeout: float) -> Run:
     return Run(started, seconds)
 
 
+def verdict(ok: bool) -> str:
+    """A target's cell in a report's table."""
+    return "met" if ok else "**missed**"
+
+
+def outcome(ok: bool) -> str:
+    """How a report's sentence about a target opens."""
+    return "The target is met" if ok else "**The target is missed**"
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

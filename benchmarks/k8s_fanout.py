@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from common import PYTHON, ROOT, BenchError, free_port, median, spread
+from common import PYTHON, ROOT, BenchError, free_port, median, spread, verdict
 
 if TYPE_CHECKING:  # the kubernetes client is imported when a measurement starts
     from kubernetes import client as k8s
@@ -662,10 +662,6 @@ def measure(repeat: int = 3, nodes: int = NODES, jobs: int = JOBS, job_nodes: in
 
 
 # ------------------------------------------------------------------------------------ report
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def _stat(runs: list[Run], attr: str, fmt: str = "{:.1f}") -> str:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from common import CONFIG, HOST, PYTHON, RAZORCTL, BenchError, free_port, median, run_bounded, spread
+from common import (CONFIG, HOST, PYTHON, RAZORCTL, BenchError, free_port, median, run_bounded, spread,
+                    verdict)
 
 TARGET = 1.15  # razorctl/bare, at most
 NPROC = 2
@@ -120,10 +121,6 @@ def measure(repeat: int = 5, epochs: int = 3, warmup: int = 1, timeout: float = 
     return result
 
 
-def verdict(ratio: float) -> str:
-    return "met" if ratio <= TARGET else "**missed**"
-
-
 def table(r: Result) -> str:
     """Markdown: medians (min–max) in seconds, the ratio and the target."""
     rows = ["| measure | razorctl submit --local | bare torchrun | ratio razorctl/bare | target | |",
@@ -133,7 +130,7 @@ def table(r: Result) -> str:
         ratio = r.ratio(attr)
         rows.append(f"| {label} | {spread([getattr(s, attr) for s in r.razorctl])} "
                     f"| {spread([getattr(s, attr) for s in r.bare])} | {ratio:.3f}x "
-                    f"| ≤ {TARGET:.2f}x | {verdict(ratio)} |")
+                    f"| ≤ {TARGET:.2f}x | {verdict(ratio <= TARGET)} |")
     rows.append(f"| `razorctl render --local` of the same job (s) | {spread(r.render)} | | | | |")
     return "\n".join(rows) + "\n"
 

@@ -15,13 +15,12 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Callable
 
 import k8s_fanout
 import slurm_submit
 import launch_overhead
 import throughput
-from common import ROOT, median
+from common import ROOT, median, outcome, verdict
 
 DOC = ROOT / "docs" / "benchmarks.md"
 COMMAND = ".venv/bin/python benchmarks/run.py --write"
@@ -71,10 +70,10 @@ def launch_notes(r: launch_overhead.Result) -> str:
     bare = median([s.first_step for s in r.bare])
     extra_total = median([s.total for s in r.razorctl]) - median([s.total for s in r.bare])
     worst = max(r.ratio("first_step"), r.ratio("total"))
-    outcome = ("Both ratios are within the target." if worst <= launch_overhead.TARGET
+    opening = ("Both ratios are within the target." if worst <= launch_overhead.TARGET
                else "**The target is missed.**")
     return (
-        f"{outcome} razorctl adds {ours - bare:.2f} s before the first optimizer step and "
+        f"{opening} razorctl adds {ours - bare:.2f} s before the first optimizer step and "
         f"{extra_total:.2f} s to the whole run. Its fixed cost is one Python start-up of razorctl "
         f"(importing razor and pydantic, validating the RazorJob, loading the config and checking "
         f"cfgOptions: `razorctl render --local` alone takes {median(r.render):.2f} s) and one more of "
@@ -105,10 +104,8 @@ def throughput_notes(r: throughput.Result) -> str:
     else:
         noisy = (f"The runs of one side differ by up to {noise:.0%} from each other, less than the "
                  f"{gap:.0%} between the medians: the difference is probably real.")
-    if r.ratio >= throughput.TARGET:
-        outcome = f"The target is met: the trainer runs at {r.ratio:.2f}x the hand-written loop."
-    else:
-        outcome = f"**The target is missed**: the trainer runs at {r.ratio:.2f}x the hand-written loop."
+    opening = (f"{outcome(r.ratio >= throughput.TARGET)}: the trainer runs at {r.ratio:.2f}x the "
+               "hand-written loop.")
     same = ("Both sides ended with bit-identical weights (the same sha256 digest), so they did "
             "exactly the same arithmetic; what the trainer adds inside the timed loop is "
             "bookkeeping (a running loss sum, a stop-signal all-reduce every 20 iterations). "
@@ -119,7 +116,7 @@ def throughput_notes(r: throughput.Result) -> str:
             "**The two sides ended with different weights**, so they did not train identically; "
             "the comparison is less exact than intended.")
     return (
-        f"{outcome} {noisy} {same} The timed part of a run is only a few seconds, so other work "
+        f"{opening} {noisy} {same} The timed part of a run is only a few seconds, so other work "
         "on the machine moves single runs a lot.\n\n"
         "Training throughput leaves out what an epoch also costs in the trainer: evaluation on the "
         "held-out split (the row \"trainer epochs with evaluation\", metrics.jsonl's `seconds` "
@@ -139,8 +136,7 @@ def k8s_notes(r: k8s_fanout.Result) -> str:
         settle = [x.settle for x in r.fanout if x.settle is not None]
         recs = median([x.reconciles for x in r.fanout if x.reconciles is not None])
         cpu = median([x.operator_cpu for x in r.fanout if x.operator_cpu is not None])
-        outcome = ("The target is met" if r.fanout_ok else "**The target is missed**")
-        text = (f"{outcome} for one {r.nodes}-node job: its {r.nodes} pods exist {ours:.2f} s after "
+        text = (f"{outcome(r.fanout_ok)} for one {r.nodes}-node job: its {r.nodes} pods exist {ours:.2f} s after "
                 f"the create call (median), against {bare:.2f} s for the same pods created by the "
                 f"benchmark itself from {r.threads} threads (the operator creates a job's pods "
                 f"from its own pool, 32 threads by default, so it can be the faster side). The "
@@ -159,9 +155,8 @@ def k8s_notes(r: k8s_fanout.Result) -> str:
         n = r.jobs * r.job_nodes
         recs = median([x.reconciles for x in r.many if x.reconciles is not None])
         reqs = median([x.total_requests for x in r.many])
-        outcome = ("The target is met" if r.many_ok else "**The target is missed**")
         out.append(
-            f"{outcome} for {r.jobs} jobs of {r.job_nodes} nodes created at once: all {n} pods exist "
+            f"{outcome(r.many_ok)} for {r.jobs} jobs of {r.job_nodes} nodes created at once: all {n} pods exist "
             f"{ours:.2f} s after the first create call, against {bare:.2f} s for {n} bare pod creates "
             f"({ours / bare:.2f}x). The operator made {recs:,.0f} reconciles and the API server "
             f"answered {reqs:,.0f} requests (the baseline: "
@@ -172,9 +167,8 @@ def k8s_notes(r: k8s_fanout.Result) -> str:
             f"(still Pending) trigger none (docs/kubernetes.md).")
     if r.memory_jobs:
         per_job = (r.rss_jobs - r.rss_start) * MB_TO_KB / r.memory_jobs
-        outcome = ("The target is met" if r.memory_ok else "**The target is missed**")
         out.append(
-            f"{outcome} for memory: the operator uses {r.rss_start:.1f} MB (RSS) just after start "
+            f"{outcome(r.memory_ok)} for memory: the operator uses {r.rss_start:.1f} MB (RSS) just after start "
             f"with no job (Python, kopf, the kubernetes client), and {r.rss_jobs:.1f} MB (peak "
             f"{r.hwm_jobs:.1f} MB) once {r.memory_jobs:,} suspended RazorJobs have their status, "
             f"about {per_job:.0f} kB more per job. A suspended job gets no pod and no Service; the "
@@ -199,7 +193,7 @@ def k8s_section(k8s: k8s_fanout.Result | None, k8s_error: str | None) -> str:
 {why}"""
 
 
-def k8s_targets(k8s: k8s_fanout.Result | None, yes: Callable[[bool], str]) -> str:
+def k8s_targets(k8s: k8s_fanout.Result | None) -> str:
     """The operator benchmark's rows of the targets table."""
     kf = k8s_fanout
     nodes, jobs, job_nodes, memory_jobs = ((k8s.nodes, k8s.jobs, k8s.job_nodes, k8s.memory_jobs)
@@ -212,11 +206,11 @@ def k8s_targets(k8s: k8s_fanout.Result | None, yes: Callable[[bool], str]) -> st
         return "".join(f"| {t} | not measured | |\n" for t in (fan, many, mem))
     med = kf.Result.med
     return (f"| {fan} | {med(k8s.fanout):.2f} s (bare pod creates {med(k8s.fanout_bare):.2f} s) "
-            f"| {yes(k8s.fanout_ok)} |\n"
+            f"| {verdict(k8s.fanout_ok)} |\n"
             f"| {many} | {med(k8s.many):.2f} s (bare pod creates {med(k8s.many_bare):.2f} s) "
-            f"| {yes(k8s.many_ok)} |\n"
+            f"| {verdict(k8s.many_ok)} |\n"
             f"| {mem} | RSS {k8s.rss_jobs:.1f} MB, peak {k8s.hwm_jobs:.1f} MB "
-            f"(at start {k8s.rss_start:.1f} MB) | {yes(k8s.memory_ok)} |\n")
+            f"(at start {k8s.rss_start:.1f} MB) | {verdict(k8s.memory_ok)} |\n")
 
 
 def results(lo: launch_overhead.Result, tp: throughput.Result, k8s: k8s_fanout.Result | None = None,
@@ -224,7 +218,6 @@ def results(lo: launch_overhead.Result, tp: throughput.Result, k8s: k8s_fanout.R
     """The results section: every table, what they mean, the targets."""
     launch_ok = max(lo.ratio("first_step"), lo.ratio("total")) <= launch_overhead.TARGET
     tp_ok = tp.ratio >= throughput.TARGET
-    yes = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     return f"""### Launch overhead: razorctl submit --local vs bare torchrun
 
 {launch_overhead.table(lo)}
@@ -238,9 +231,9 @@ def results(lo: launch_overhead.Result, tp: throughput.Result, k8s: k8s_fanout.R
 
 | target | result | |
 |---|---|---|
-| launch overhead razorctl/bare ≤ {launch_overhead.TARGET:.2f}x | first step {lo.ratio("first_step"):.3f}x, total {lo.ratio("total"):.3f}x | {yes(launch_ok)} |
-| trainer throughput trainer/baseline ≥ {throughput.TARGET:.2f}x | {tp.ratio:.3f}x | {yes(tp_ok)} |
-{k8s_targets(k8s, yes)}"""
+| launch overhead razorctl/bare ≤ {launch_overhead.TARGET:.2f}x | first step {lo.ratio("first_step"):.3f}x, total {lo.ratio("total"):.3f}x | {verdict(launch_ok)} |
+| trainer throughput trainer/baseline ≥ {throughput.TARGET:.2f}x | {tp.ratio:.3f}x | {verdict(tp_ok)} |
+{k8s_targets(k8s)}"""
 
 
 def k8s_measured(settings: Settings, k8s: k8s_fanout.Result | None) -> str:

@@ -57,7 +57,7 @@ from typing import Callable
 
 import yaml
 
-from common import CONFIG, PYTHON, ROOT, BenchError, bench_env, median, spread
+from common import CONFIG, PYTHON, ROOT, BenchError, bench_env, median, outcome, spread, verdict
 
 sys.path.insert(0, str(ROOT / "tests"))  # slurm_cluster (standard library only)
 
@@ -461,10 +461,6 @@ def measure(repeat: int = 3, progress: Callable[[str], None] = print, *, warmup:
 # ------------------------------------------------------------------------------------ report
 
 
-def verdict(diff: float) -> str:
-    return "met" if diff <= TARGET else "**missed**"
-
-
 def table(r: Result) -> str:
     """Markdown: medians (min–max) in seconds, razor − baseline of the medians, the target."""
     rows = ["| measure | razorctl submit --slurm | hand-written sbatch | razor − baseline | target | |",
@@ -473,7 +469,7 @@ def table(r: Result) -> str:
                                 ("submit → first optimizer step (s)", "first_step", True),
                                 ("submit → job end (s)", "end", False)):
         d = r.diff(attr)
-        goal = f"| ≤ {TARGET:g} s | {verdict(d)} |" if target else "| | |"
+        goal = f"| ≤ {TARGET:g} s | {verdict(d <= TARGET)} |" if target else "| | |"
         rows.append(f"| {label} | {spread([getattr(s, attr) for s in r.razor])} "
                     f"| {spread([getattr(s, attr) for s in r.baseline])} | {d:+.2f} s {goal}")
     ours, base = min(s.first_step for s in r.razor), min(s.first_step for s in r.baseline)
@@ -504,8 +500,7 @@ def table(r: Result) -> str:
 def notes(r: Result) -> str:
     """What the numbers say, from the numbers."""
     d = r.diff("first_step")
-    outcome = ("The target is met" if r.met else "**The target is missed**")
-    text = (f"{outcome}: razorctl reaches the first optimizer step {d:+.2f} s after the hand-written "
+    text = (f"{outcome(r.met)}: razorctl reaches the first optimizer step {d:+.2f} s after the hand-written "
             f"script (medians of {len(r.razor)} alternating pairs). Its submit command takes "
             f"{r.diff('submit'):.2f} s more than a bare `sbatch --parsable`: one Python start-up of "
             f"razorctl (importing razor and pydantic, validating the RazorJob, loading the config "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common import CONFIG, HOST, PYTHON, BenchError, free_port, median, run_bounded, spread
+from common import CONFIG, HOST, PYTHON, BenchError, free_port, median, run_bounded, spread, verdict
 
 TARGET = 0.95  # trainer/baseline, at least
 NPROC = 2
@@ -184,7 +184,7 @@ def measure(repeat: int = 3, epochs: int = EPOCHS, hidden: list[int] | None = No
 
 def table(r: Result) -> str:
     """Markdown: medians (min–max), the ratio and the target."""
-    met = "met" if r.ratio >= TARGET else "**missed**"
+    met = verdict(r.ratio >= TARGET)
     t, b = r.trainer, r.baseline
     rows = [
         "| measure | razor trainer | hand-written DDP loop | ratio trainer/baseline | target | |",
