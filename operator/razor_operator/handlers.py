@@ -28,7 +28,7 @@ from razor.spec import GROUP, VERSION, SpecError, parse_job, with_cluster_defaul
 from . import metrics
 from .memory import Trimmer
 from .ports import PortIndex
-from .reconcile import FAILED, Decision, PodState, decide, job_event_matters, pod_event_matters
+from .reconcile import FAILED, FINISHED, Decision, PodState, decide, job_event_matters, pod_event_matters
 
 log = logging.getLogger("razor.operator")
 RETRIES = 5
@@ -213,16 +213,17 @@ def reconcile(world: World, namespace: str, name: str) -> Decision | None:
         return None
     pods = [p for p in world.list_pods(namespace, name) if _owned(p, uid)]
     states = [s for s in map(PodState.from_pod, pods) if s is not None]
+    finished = status.get("phase") in FINISHED
     port = None
-    if job.spec.host_network and status.get("phase") not in ("Succeeded", "Failed"):
+    if job.spec.host_network and not finished:
         port = world.ports.allocate(namespace, name, status.get("port"))
-    live = not job.spec.suspend and status.get("phase") not in ("Succeeded", "Failed")
+    live = not job.spec.suspend and not finished
     decision = decide(job, status, states, datetime.now(timezone.utc),
                       service_exists=not live or world.service_exists(namespace, name))
     if port is not None:
         decision.status["port"] = port
     _apply(world, body, job, namespace, uid, decision, port)
-    if decision.status.get("phase") in ("Succeeded", "Failed") and job.spec.host_network:
+    if decision.status.get("phase") in FINISHED and job.spec.host_network:
         world.ports.release(namespace, name)
     metrics.observe(namespace, name, decision.status.get("phase"), time.monotonic() - started)
     return decision

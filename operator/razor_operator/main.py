@@ -25,6 +25,7 @@ from razor.spec import GROUP, VERSION, SpecError, parse_cluster_defaults
 
 from .handlers import World, register
 from .ports import PortIndex
+from .reconcile import FINISHED
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +100,7 @@ def rebuild_ports(api: client.ApiClient, ports: PortIndex, namespaces: list[str]
         for job in items.get("items", []):
             status = job.get("status") or {}
             if (job.get("spec") or {}).get("hostNetwork") and status.get("port") \
-                    and status.get("phase") not in ("Succeeded", "Failed"):
+                    and status.get("phase") not in FINISHED:
                 ports.allocate(job["metadata"]["namespace"], job["metadata"]["name"], int(status["port"]))
 
 
