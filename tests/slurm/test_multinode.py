@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
+from slurm.test_bridge import razorctl, submit, write
 from slurm_cluster import SlurmCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,23 +17,11 @@ CONFIGS = ROOT / "trainer" / "configs"
 DATA = ROOT / "tests" / "data"
 
 
-def razorctl(cluster: SlurmCluster, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = cluster.env({"PYTHONUNBUFFERED": "1"})
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([sys.executable, "-m", "razor.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def submit_and_wait(cluster: SlurmCluster, tmp: Path, name: str, **spec) -> str:
     """Write a 2-node CPU RazorJob, ``razorctl submit --slurm`` it, ``razorctl wait`` for it."""
-    doc = {"apiVersion": "razor.dev/v1alpha1", "kind": "RazorJob", "metadata": {"name": name},
-           "spec": {"nnodes": 2, "gpusPerNode": 0, "nprocPerNode": 1,
-                    "slurm": {"partition": "debug", "cpusPerTask": 1}, **spec}}
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    res = razorctl(cluster, "submit", "--slurm", str(path), cwd=tmp)
-    assert res.returncode == 0, res.stdout + res.stderr
-    job_id = re.search(r"as SLURM job (\d+)", res.stdout).group(1)
+    path = write(tmp, name, nnodes=2, gpusPerNode=0, nprocPerNode=1,
+                 slurm={"partition": "debug", "cpusPerTask": 1}, **spec)
+    job_id = submit(cluster, tmp, path)
     cluster.submitted.append(job_id)  # cancelled after the test if it is still running
     res = razorctl(cluster, "wait", "--slurm", job_id, "--timeout", "150", cwd=tmp, timeout=180)
     logs = Path(spec["workDir"]) / "logs"
