@@ -13,6 +13,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -20,6 +23,8 @@ PYTHON = str(VENV_BIN / "python")
 RAZORCTL = str(VENV_BIN / "razorctl")
 CONFIG = ROOT / "trainer" / "configs" / "digits_mlp.yaml"
 HOST = "127.0.0.1"
+#: Processes of the one node of the launch, throughput and SLURM benchmarks (CPU, gloo).
+NPROC = 2
 
 #: Variables of a launcher that must not leak from the caller into either side.
 _LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NNODES",
@@ -88,6 +93,29 @@ def run_bounded(cmd: list[str], log: Path, timeout: float) -> Run:
     if code != 0:
         raise BenchError(f"{' '.join(cmd)}\nexited with code {code}; last lines of {log}:\n{_tail(log)}")
     return Run(started, seconds)
+
+
+def write_job(path: Path, name: str, work_dir: Path, epochs: int, **spec: Any) -> Path:
+    """The RazorJob file the launch and SLURM benchmarks submit: CONFIG for ``epochs`` epochs,
+    one node of NPROC processes on CPU, a free port, one OpenMP thread each, plus ``spec``."""
+    job = {
+        "apiVersion": "razor.dev/v1alpha1",
+        "kind": "RazorJob",
+        "metadata": {"name": name},
+        "spec": {
+            "config": str(CONFIG),
+            "nnodes": 1,
+            "nprocPerNode": NPROC,
+            "gpusPerNode": 0,
+            "port": "auto",
+            "workDir": str(work_dir),
+            "cfgOptions": {"schedule.epochs": epochs},
+            "env": {"OMP_NUM_THREADS": "1"},
+            **spec,
+        },
+    }
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
 
 
 def verdict(ok: bool) -> str:

@@ -24,13 +24,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
-import yaml
-
-from common import (CONFIG, HOST, PYTHON, RAZORCTL, BenchError, free_port, median, run_bounded, spread,
-                    verdict)
+from common import (CONFIG, HOST, NPROC, PYTHON, RAZORCTL, BenchError, free_port, median, run_bounded, spread,
+                    verdict, write_job)
 
 TARGET = 1.15  # razorctl/bare, at most
-NPROC = 2
 
 
 @dataclass(frozen=True)
@@ -58,30 +55,13 @@ def first_step(work_dir: Path, started: float) -> float:
     return float(summary["first_step_time"]) - started
 
 
-def write_job(tmp: Path, name: str, epochs: int) -> tuple[Path, Path]:
+def job_file(tmp: Path, name: str, epochs: int) -> tuple[Path, Path]:
     work_dir = tmp / name
-    job = {
-        "apiVersion": "razor.dev/v1alpha1",
-        "kind": "RazorJob",
-        "metadata": {"name": "bench-launch"},
-        "spec": {
-            "config": str(CONFIG),
-            "nnodes": 1,
-            "nprocPerNode": NPROC,
-            "gpusPerNode": 0,
-            "port": "auto",
-            "workDir": str(work_dir),
-            "cfgOptions": {"schedule.epochs": epochs},
-            "env": {"OMP_NUM_THREADS": "1"},
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(job, sort_keys=False))
-    return path, work_dir
+    return write_job(tmp / f"{name}.yaml", "bench-launch", work_dir, epochs), work_dir
 
 
 def run_razorctl(tmp: Path, name: str, epochs: int, timeout: float) -> Sample:
-    job, work_dir = write_job(tmp, name, epochs)
+    job, work_dir = job_file(tmp, name, epochs)
     run = run_bounded([RAZORCTL, "submit", "--local", str(job)], tmp / f"{name}.log", timeout)
     return Sample(first_step(work_dir, run.started), run.seconds)
 
@@ -97,7 +77,7 @@ def run_bare(tmp: Path, name: str, epochs: int, timeout: float) -> Sample:
 
 
 def run_render(tmp: Path, name: str, epochs: int, timeout: float) -> float:
-    job, _ = write_job(tmp, name, epochs)
+    job, _ = job_file(tmp, name, epochs)
     return run_bounded([RAZORCTL, "render", "--local", str(job)], tmp / f"{name}.log", timeout).seconds
 
 

@@ -55,16 +55,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from common import CONFIG, PYTHON, ROOT, BenchError, bench_env, median, outcome, spread, verdict
+from common import (CONFIG, NPROC, PYTHON, ROOT, BenchError, bench_env, median, outcome, spread, verdict,
+                    write_job)
 
 sys.path.insert(0, str(ROOT / "tests"))  # slurm_cluster (standard library only)
 
 from slurm_cluster import SlurmCluster, SlurmError  # noqa: E402
 
 TARGET = 1.0  # seconds: razor − baseline of submit → first optimizer step, at most
-NPROC = 2
 CPUS = 2
 EPOCHS = 2
 PARTITION = "debug"
@@ -252,25 +250,9 @@ def stages(cluster: SlurmCluster, job_id: str, started: float, submit: float,
 
 def razor_job(tmp: Path, name: str, epochs: int) -> tuple[Path, Path]:
     work_dir = tmp / name / "wd"
-    job = {
-        "apiVersion": "razor.dev/v1alpha1",
-        "kind": "RazorJob",
-        "metadata": {"name": RAZOR_NAME},
-        "spec": {
-            "config": str(CONFIG),
-            "nnodes": 1,
-            "nprocPerNode": NPROC,
-            "gpusPerNode": 0,
-            "port": "auto",
-            "workDir": str(work_dir),
-            "cfgOptions": {"schedule.epochs": epochs},
-            "env": {"OMP_NUM_THREADS": "1"},
-            "slurm": {"partition": PARTITION, "cpusPerTask": CPUS},
-        },
-    }
     (tmp / name).mkdir(parents=True)
-    path = tmp / name / "job.yaml"
-    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    path = write_job(tmp / name / "job.yaml", RAZOR_NAME, work_dir, epochs,
+                     slurm={"partition": PARTITION, "cpusPerTask": CPUS})
     return path, work_dir
 
 

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common import CONFIG, HOST, PYTHON, BenchError, free_port, median, run_bounded, spread, verdict
+from common import CONFIG, HOST, NPROC, PYTHON, BenchError, free_port, median, run_bounded, spread, verdict
 
 TARGET = 0.95  # trainer/baseline, at least
-NPROC = 2
 #: Long enough that the timed part (a few seconds) outweighs timer and scheduling noise.
 EPOCHS = 20
 
