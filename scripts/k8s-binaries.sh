@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver and kube-controller-manager (and kubectl) from the
+# Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy (and kubectl) from the
 # upstream Go modules, and cache them by version:
 #
-#   ${RAZOR_CACHE:-$HOME/.cache/razor}/k8s/<k8s version>/bin/{etcd,kube-apiserver,kube-controller-manager,kubectl}
+#   ${RAZOR_CACHE:-$HOME/.cache/razor}/k8s/<k8s version>/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl}
 #
 # The last line of stdout is the bin dir (progress goes to stderr), so:
 #
@@ -21,6 +22,7 @@ ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 
 RAZOR_CACHE="${RAZOR_CACHE:-$HOME/.cache/razor}"
 BUILD_KUBECTL="${BUILD_KUBECTL:-1}"    # 0: skip kubectl
+BUILD_NODE="${BUILD_NODE:-1}"          # 0: skip kube-scheduler, kubelet, kube-proxy (the node)
 BUILD_JOBS="${BUILD_JOBS:-2}"          # go build -p (packages built at once)
 GO="${GO:-}"
 FORCE=0
@@ -43,6 +45,7 @@ of Go build cache and module cache (GOCACHE, GOMODCACHE: the Go defaults unless 
 Options:
   --force       rebuild even when the cache is complete
   --no-kubectl  do not build kubectl (same as BUILD_KUBECTL=0)
+  --no-node     do not build kube-scheduler, kubelet, kube-proxy (same as BUILD_NODE=0)
   -h, --help    this help
 
 Environment:
@@ -50,6 +53,7 @@ Environment:
   ETCD_VERSION   etcd version (default ${ETCD_VERSION})
   RAZOR_CACHE    cache root (default \$HOME/.cache/razor)
   BUILD_KUBECTL  1 (default) or 0
+  BUILD_NODE     1 (default) or 0: kube-scheduler, kubelet and kube-proxy for the one-node cluster
   BUILD_JOBS     go build -p value (default 2)
   GO             go binary (default: go on PATH, else /usr/local/go/bin/go)
   GOPROXY, GOCACHE, GOMODCACHE, GOTOOLCHAIN are honoured as usual.
@@ -61,6 +65,7 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --force) FORCE=1 ;;
     --no-kubectl) BUILD_KUBECTL=0 ;;
+    --no-node) BUILD_NODE=0 ;;
     *) echo "k8s-binaries: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -82,6 +87,7 @@ BUILD_DIR="$VER_DIR/build"
 
 BINARIES=(etcd kube-apiserver kube-controller-manager)
 [ "$BUILD_KUBECTL" = 1 ] && BINARIES+=(kubectl)
+[ "$BUILD_NODE" = 1 ] && BINARIES+=(kube-scheduler kubelet kube-proxy)
 
 # The string each binary's version output must contain.
 expected_version() {
@@ -278,9 +284,10 @@ build_k8s() {
 }
 
 if needs etcd; then build_etcd; fi
-if needs kube-apiserver || needs kube-controller-manager || needs kubectl; then
+K8S_BINARIES=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
+if [ -n "$(grep -vx etcd <<<"$TODO")" ]; then
   prepare_k8s_module
-  for b in kube-apiserver kube-controller-manager kubectl; do
+  for b in "${K8S_BINARIES[@]}"; do
     if needs "$b"; then build_k8s "$b"; fi
   done
 fi

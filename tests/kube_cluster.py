@@ -1,4 +1,5 @@
-"""A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager.
+"""A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager
+(and kube-scheduler, for the real node of tests/kube_node.py).
 
     with ControlPlane(crds=[ROOT / "crds" / "razorjob.yaml"]) as cp:
         cp.kubectl("get", "namespaces")
@@ -11,10 +12,12 @@ serving certificate for 127.0.0.1/localhost signed by it, and the service-accoun
 admin is a bearer token (group ``system:masters``) from a token file; a kubeconfig with a context
 ``razor-test`` carries it, for kubectl and for the controller manager.
 
-There is no kubelet and no scheduler: pods are stored, never run. The controller manager runs only
-the garbage collector (ownerReferences), the namespace controller (deleting a namespace deletes its
-contents) and the service-account controllers (the ``default`` ServiceAccount of each namespace,
-which pod admission needs, and service-account token secrets).
+By default there is no kubelet and no scheduler: pods are stored, never run. The controller manager
+then runs only the garbage collector (ownerReferences), the namespace controller (deleting a
+namespace deletes its contents), the service-account controllers (the ``default`` ServiceAccount of
+each namespace, which pod admission needs, and service-account token secrets) and the ClusterRole
+aggregation. tests/kube_node.py starts it with ``bind_address`` on the node network's host side,
+every default controller (``controllers=("*",)``) and ``scheduler=True``, for a real node.
 
 CRDs passed as ``crds`` are applied (``kubectl apply -f``) and waited for (Established) *before* the
 controller manager starts, so that the garbage collector's first discovery already knows their
@@ -58,9 +61,23 @@ CONTROLLERS = (
     "namespace-controller",
     "serviceaccount-controller",
     "serviceaccount-token-controller",
+    "clusterrole-aggregation-controller",
+    # Node objects that stop posting heartbeats get the unreachable NoExecute taint, and their pods
+    # are evicted after their tolerationSeconds (tests/k8s: a lost node).
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
 )
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+#: The ClusterIP of the ``kubernetes`` Service (the range's first address): in-cluster clients'
+#: KUBERNETES_SERVICE_HOST, so it is in the serving certificate.
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 CONTEXT = "razor-test"
+#: Users of the components, by bearer token: (user, groups). RBAC's bootstrap bindings (and the
+#: Node authorizer for kubelets) give each what it needs, as on a real cluster.
+COMPONENT_USERS = {
+    "kube-scheduler": ("system:kube-scheduler", ""),
+    "kube-proxy": ("system:kube-proxy", ""),
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -175,7 +192,15 @@ class ControlPlane:
     """
 
     def __init__(self, *, bin_dir: Path | str | None = None, crds: Sequence[Path | str] = (),
-                 start_timeout: float = 60, keep: bool | None = None, stop_grace: float = 5) -> None:
+                 start_timeout: float = 60, keep: bool | None = None, stop_grace: float = 5,
+                 bind_address: str = "127.0.0.1", controllers: Sequence[str] = CONTROLLERS,
+                 controller_flags: Sequence[str] = (), scheduler: bool = False,
+                 node_names: Sequence[str] = ()) -> None:
+        self.bind_address = bind_address
+        self.controllers = tuple(controllers)
+        self.controller_flags = list(controller_flags)
+        self.with_scheduler = scheduler
+        self.node_names = tuple(node_names)  # kubelets to make credentials for
         self.bin_dir = Path(bin_dir) if bin_dir else None
         self.crds = [Path(c) for c in crds]
         self.start_timeout = start_timeout
@@ -188,6 +213,7 @@ class ControlPlane:
         self.kubeconfig = Path()
         self.startup_seconds = 0.0
         self.flags: dict[str, list[str]] = {}
+        self._tokens: dict[str, str] = {}
         self._procs: list[_Process] = []
 
     # ---- context manager ---------------------------------------------------------------------------
@@ -214,6 +240,8 @@ class ControlPlane:
             for crd in self.crds:
                 self.apply_crd(crd, timeout=max(1.0, deadline - time.monotonic()))
             self._start_controller_manager(deadline)
+            if self.with_scheduler:
+                self._start_scheduler(deadline)
         except BaseException as e:
             logs = self.dir
             self._stop_processes()
@@ -265,6 +293,16 @@ class ControlPlane:
             raise ControlPlaneError(f"{' '.join(names)} not Established in {timeout:.0f}s: "
                                     f"{done.stderr.strip()}")
 
+    def component_kubeconfig(self, component: str) -> Path:
+        """A kubeconfig for ``component`` (a key of COMPONENT_USERS, or ``kubelet-<node>``): its
+        own user, as on a real cluster, not the admin."""
+        assert self.dir is not None, "not started"
+        path = self.dir / f"{component}.kubeconfig"
+        if not path.exists():
+            path.write_text(self._kubeconfig_text(self._tokens[component]))
+            path.chmod(0o600)
+        return path
+
     def request(self, path: str, timeout: float = 5) -> tuple[int, str]:
         """GET ``path`` from the API server as the admin: (HTTP status, body)."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -300,7 +338,9 @@ class ControlPlane:
             "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            f"subjectAltName=IP:127.0.0.1,DNS:localhost,IP:{self.bind_address},IP:{KUBERNETES_SERVICE_IP},"
+            "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            "DNS:kubernetes.default.svc.cluster.local\n"
             # Key identifiers: verifiers in strict mode (Python 3.13's default) require them.
             "subjectKeyIdentifier=hash\n"
             "authorityKeyIdentifier=keyid,issuer\n")
@@ -309,10 +349,36 @@ class ControlPlane:
         self._openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                       "-CAcreateserial", "-days", "2", "-extfile", "apiserver.ext", "-out", "apiserver.crt")
         self.ca_file = d / "ca.crt"
+        # The API server's client certificate for kubelets (logs, exec): system:masters.
+        self.sign_certificate("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+                              "extendedKeyUsage=clientAuth\n")
         self.token = secrets.token_hex(24)
+        lines = [f'{self.token},razor-test-admin,razor-test-admin,"system:masters"']
+        users = dict(COMPONENT_USERS)
+        users.update({f"kubelet-{n}": (f"system:node:{n}", "system:nodes") for n in self.node_names})
+        self._tokens = {}
+        for component, (user, groups) in users.items():
+            token = secrets.token_hex(24)
+            self._tokens[component] = token
+            lines.append(f'{token},{user},{user},"{groups}"' if groups else f"{token},{user},{user}")
         tokens = d / "tokens.csv"
-        tokens.write_text(f'{self.token},razor-test-admin,razor-test-admin,"system:masters"\n')
+        tokens.write_text("\n".join(lines) + "\n")
         tokens.chmod(0o600)
+
+    def sign_certificate(self, name: str, subject: str, extensions: str) -> tuple[Path, Path]:
+        """A key ``<name>.key`` and a certificate ``<name>.crt`` signed by the test CA, in the temp
+        dir; ``extensions`` are openssl x509 extension lines (e.g. extendedKeyUsage,
+        subjectAltName). Returns (cert, key)."""
+        assert self.dir is not None
+        self._openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                      "-out", f"{name}.key")
+        (self.dir / f"{name}.ext").write_text(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n" + extensions)
+        self._openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr")
+        self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                      "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
 
     def _start_etcd_and_apiserver(self, deadline: float) -> None:
         """Start etcd and kube-apiserver together (the apiserver waits for etcd) until /readyz is ok.
@@ -343,22 +409,29 @@ class ControlPlane:
             f"--initial-cluster=razor-test=http://127.0.0.1:{peer}",
             "--unsafe-no-fsync=true", "--log-level=warn",
         ]
-        self.server = f"https://127.0.0.1:{secure}"
+        self.server = f"https://{self.bind_address}:{secure}"
+        loopback = self.bind_address.startswith("127.")
         self.flags["kube-apiserver"] = [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={secure}", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.bind_address}", f"--secure-port={secure}",
+            f"--advertise-address={self.bind_address}",
             f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
             f"--token-auth-file={d / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
+            f"--kubelet-client-certificate={d / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={d / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={self.ca_file}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
-            # Loopback cannot be the kubernetes Service's endpoint: no reconciler, no error loop.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
         ]
+        if loopback:
+            # Loopback cannot be the kubernetes Service's endpoint: no reconciler, no error loop.
+            self.flags["kube-apiserver"].append("--endpoint-reconciler-type=none")
         self._procs.append(_Process("etcd", [str(self.bin_dir / "etcd"), *self.flags["etcd"]],
                                     d / "etcd.log"))
         apiserver = _Process("kube-apiserver",
@@ -394,20 +467,23 @@ class ControlPlane:
         except (OSError, ssl.SSLError) as e:
             return 0, str(e)
 
-    def _write_kubeconfig(self) -> None:
-        assert self.dir is not None
+    def _kubeconfig_text(self, token: str) -> str:
         ca = base64.b64encode(self.ca_file.read_bytes()).decode()
         config = {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": CONTEXT, "cluster": {"server": self.server,
                                                        "certificate-authority-data": ca}}],
-            "users": [{"name": "razor-test-admin", "user": {"token": self.token}}],
-            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": "razor-test-admin",
+            "users": [{"name": "razor-test-user", "user": {"token": token}}],
+            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": "razor-test-user",
                                                        "namespace": "default"}}],
             "current-context": CONTEXT,
         }
+        return yaml.safe_dump(config, sort_keys=False)
+
+    def _write_kubeconfig(self) -> None:
+        assert self.dir is not None
         self.kubeconfig = self.dir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.kubeconfig.write_text(self._kubeconfig_text(self.token))
         self.kubeconfig.chmod(0o600)
 
     def _start_controller_manager(self, deadline: float) -> None:
@@ -417,13 +493,14 @@ class ControlPlane:
         d = self.dir
         self.flags["kube-controller-manager"] = [
             f"--kubeconfig={self.kubeconfig}",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(self.controllers)}",
             "--leader-elect=false",
             "--secure-port=0",  # no HTTPS endpoint of its own: nothing to authenticate, no port
             f"--service-account-private-key-file={d / 'sa.key'}",
             f"--root-ca-file={self.ca_file}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--profiling=false",
+            *self.controller_flags,
         ]
         kcm = _Process("kube-controller-manager",
                        [str(self.bin_dir / "kube-controller-manager"),
@@ -433,6 +510,32 @@ class ControlPlane:
         self._wait(lambda: self._safe_request(
             "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
             deadline, "kube-controller-manager did not create the default ServiceAccount", kcm)
+
+    def _start_scheduler(self, deadline: float) -> None:
+        """Start kube-scheduler (as system:kube-scheduler); ready when its healthz answers."""
+        assert self.dir is not None and self.bin_dir is not None
+        port = free_port()
+        self.flags["kube-scheduler"] = [
+            f"--kubeconfig={self.component_kubeconfig('kube-scheduler')}",
+            f"--authentication-kubeconfig={self.component_kubeconfig('kube-scheduler')}",
+            f"--authorization-kubeconfig={self.component_kubeconfig('kube-scheduler')}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={port}",
+            "--profiling=false",
+        ]
+        sched = _Process("kube-scheduler", [str(self.bin_dir / "kube-scheduler"), *self.flags["kube-scheduler"]],
+                         self.dir / "kube-scheduler.log")
+        self._procs.append(sched)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # its self-signed serving cert
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=2) as r:
+                    return r.status == 200
+            except (OSError, ssl.SSLError):
+                return False
+
+        self._wait(healthy, deadline, "kube-scheduler did not answer /healthz", sched)
 
     def _wait(self, ready: Callable[[], bool], deadline: float, what: str, proc: _Process) -> None:
         while not ready():
