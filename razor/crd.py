@@ -134,7 +134,7 @@ def status_schema() -> dict[str, Any]:
     }
     rank = {"type": "object", "properties": {
         "rank": {"type": "integer"}, "pod": {"type": "string"}, "phase": {"type": "string"},
-        "exitCode": {"type": "integer"}, "reason": {"type": "string"}}}
+        "exitCode": {"type": "integer"}, "reason": {"type": "string"}, "node": {"type": "string"}}}
     return {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": True,  # kopf keeps its own progress here

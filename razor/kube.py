@@ -18,6 +18,10 @@ LABEL_RANK = "razor.dev/node-rank"
 LABEL_ATTEMPT = "razor.dev/attempt"
 CONTAINER = "trainer"
 SHM_VOLUME = "dshm"
+#: The NoExecute taints the node lifecycle controller puts on a node that stops answering (its
+#: kubelet silent, or not ready); the taint eviction controller then evicts the pods that do not
+#: tolerate them, after their ``tolerationSeconds`` (300 by default, DefaultTolerationSeconds).
+NODE_LOST_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def master_addr(job: RazorJob, namespace: str) -> str:
@@ -35,6 +39,18 @@ def job_port(job: RazorJob, allocated: int | None = None) -> int:
         return allocated
     port = requested_port(job)  # spec.port, else cfgOptions dist_params.port (the seed's Option 2)
     return DEFAULT_PORT_K8S if port is None else port
+
+
+def tolerations(job: RazorJob) -> list[dict[str, Any]]:
+    """The spec's tolerations, then one per NODE_LOST_TAINTS key the spec does not tolerate
+    itself with effect NoExecute (or any effect): a lost node's pods are evicted after
+    ``nodeLostTimeoutSeconds``. A toleration of the spec's own for such a key wins, and so does
+    one without a key (it comes first: the taint manager uses the first that matches)."""
+    own = list(job.spec.tolerations)
+    named = {t.get("key") for t in own if t.get("effect") in (None, "", "NoExecute")}
+    return own + [{"key": key, "operator": "Exists", "effect": "NoExecute",
+                   "tolerationSeconds": job.spec.node_lost_timeout_seconds}
+                  for key in NODE_LOST_TAINTS if key not in named]
 
 
 def owner_reference(job: RazorJob, uid: str) -> dict[str, Any]:
@@ -103,19 +119,23 @@ def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attemp
         "hostname": pod_name(job, rank),
         "subdomain": job.name,
         "restartPolicy": "Never",
+        # razor.node stops within it: RAZOR_STOP_GRACE is this minus a margin (razor.launcher).
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "containers": [container],
         "volumes": [{"name": SHM_VOLUME, "emptyDir": shm}, *spec.volumes],
     }
     if spec.host_network:
         pod_spec["hostNetwork"] = True
         pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
-    for key, value in (("nodeSelector", spec.node_selector), ("tolerations", spec.tolerations),
+    for key, value in (("nodeSelector", spec.node_selector), ("tolerations", tolerations(job)),
                        ("affinity", spec.affinity), ("priorityClassName", spec.priority_class_name),
                        ("schedulerName", spec.scheduler_name),
                        ("serviceAccountName", spec.service_account_name),
                        ("securityContext", spec.pod_security_context)):
         if value:
             pod_spec[key] = value
+    if not spec.service_account_name:
+        pod_spec["automountServiceAccountToken"] = False  # the trainer never calls the API
     labels = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": _meta(job, pod_name(job, rank), namespace, uid, labels), "spec": pod_spec}

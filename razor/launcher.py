@@ -16,6 +16,10 @@ from .spec import RazorJob, ScaleLR
 
 #: On Kubernetes each pod has its own network namespace, so 'auto' can mean the seed's 29500.
 DEFAULT_PORT_K8S = 29500
+#: razor.node kills what is left of the training this many seconds before the job's grace
+#: (spec.terminationGracePeriodSeconds, the pod's) runs out: it exits on its own, with its message
+#: and exit code 75, before the kubelet's SIGKILL.
+STOP_GRACE_MARGIN = 10
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ def fixed_port(job: RazorJob, config: dict[str, Any] | None = None) -> int | Non
     return int(job.spec.port)
 
 
+def stop_grace(termination_grace: int) -> int:
+    """``RAZOR_STOP_GRACE``: how long razor.node lets the training processes save a checkpoint
+    after a stop signal, within the job's grace."""
+    return max(1, termination_grace - STOP_GRACE_MARGIN)
+
+
 def node_env(job: RazorJob, rank: int, master_addr: str, master_port: int | str,
              attempt: int = 1) -> dict[str, str]:
     """The launcher contract for node ``rank``, followed by the spec's own env."""
@@ -81,6 +91,7 @@ def node_env(job: RazorJob, rank: int, master_addr: str, master_port: int | str,
     env = {
         "MASTER_ADDR": master_addr,
         "MASTER_PORT": str(master_port),
+        "PORT": str(master_port),  # the seed's name for it
         "NNODES": nnodes,
         "NODE_RANK": str(rank),
         "NPROC_PER_NODE": nproc,
@@ -94,6 +105,7 @@ def node_env(job: RazorJob, rank: int, master_addr: str, master_port: int | str,
         "RAZOR_WORK_DIR": str(spec.work_dir),
         "RAZOR_ATTEMPT": str(attempt),
         "RAZOR_MASTER_ADDR_TIMEOUT": str(spec.master_addr_timeout_seconds),
+        "RAZOR_STOP_GRACE": str(stop_grace(spec.termination_grace_period_seconds)),
     }
     if spec.gpus_per_node == 0:
         env["CUDA_VISIBLE_DEVICES"] = "-1"  # the seed's way to train on CPU

@@ -18,7 +18,7 @@ from .spec import RazorJob
 #: Derived ports: 20000 + job id modulo this span (distinct for jobs submitted near each other).
 PORT_BASE, PORT_SPAN = 20000, 20000
 #: The contract's variables that the script computes at run time, per node or per job.
-RUNTIME_ENV = ("MASTER_ADDR", "PET_MASTER_ADDR", "MASTER_PORT", "PET_MASTER_PORT", "NODE_RANK",
+RUNTIME_ENV = ("MASTER_ADDR", "PET_MASTER_ADDR", "MASTER_PORT", "PET_MASTER_PORT", "PORT", "NODE_RANK",
                "PET_NODE_RANK", "RAZOR_ATTEMPT")
 
 
@@ -81,7 +81,8 @@ def render(job: RazorJob, cwd: str, python: str = "python", config: dict | None 
         f"MASTER_PORT={port}" if port is not None
         else f"MASTER_PORT=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))  # distinct per job",
         'RAZOR_ATTEMPT=$(( ${SLURM_RESTART_COUNT:-0} + 1 ))',
-        "export MASTER_ADDR MASTER_PORT RAZOR_ATTEMPT PET_MASTER_ADDR=$MASTER_ADDR PET_MASTER_PORT=$MASTER_PORT",
+        "export MASTER_ADDR MASTER_PORT RAZOR_ATTEMPT PET_MASTER_ADDR=$MASTER_ADDR PET_MASTER_PORT=$MASTER_PORT "
+        "PORT=$MASTER_PORT",
         f"mkdir -p {shlex.quote(logs)}",
         'echo "razor: job $SLURM_JOB_ID attempt $RAZOR_ATTEMPT on $SLURM_JOB_NODELIST, '
         'rendezvous $MASTER_ADDR:$MASTER_PORT"',

@@ -30,7 +30,15 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "RazorJob"
 
 DEFAULT_PORT = 29500
+#: Seconds before the pods of a lost node are evicted, and then force-deleted (nodeLostTimeoutSeconds).
+DEFAULT_NODE_LOST_TIMEOUT = 60
+#: The trainer image (images/trainer/Dockerfile): the CUDA build, for GPU jobs.
 DEFAULT_IMAGE = "razor-trainer:0.1.0"
+#: Its CPU variant (VARIANT=cpu, images/README.md): a CPU job (gpusPerNode 0) that names no
+#: image gets this one, not gigabytes of CUDA libraries it would never use.
+DEFAULT_CPU_IMAGE = f"{DEFAULT_IMAGE}-cpu"
+#: Seconds a pod has to stop after its SIGTERM (the pod's terminationGracePeriodSeconds).
+DEFAULT_TERMINATION_GRACE = 120
 #: The learning rates in configs are for 8 GPUs, as the seed says.
 DEFAULT_BASE_GPUS = 8
 
@@ -48,7 +56,8 @@ CONTRACT_ENV = frozenset(
     {
         "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "GPUS_PER_NODE",
         "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-        "RAZOR_JOB_NAME", "RAZOR_WORK_DIR", "RAZOR_ATTEMPT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+        "PORT", "RAZOR_JOB_NAME", "RAZOR_WORK_DIR", "RAZOR_ATTEMPT", "RAZOR_MASTER_ADDR_TIMEOUT",
+        "RAZOR_STOP_GRACE", "RANK", "LOCAL_RANK", "WORLD_SIZE",
     }
 )
 
@@ -176,11 +185,19 @@ class RazorJobSpec(_Model):
     resume: str = Field("auto", description="'auto' (last checkpoint in the work dir), 'never', or a checkpoint path.")
     script: str | None = Field(None, description="A user's own script that torchrun runs instead of the trainer.")
     args: list[str] = Field(default_factory=list, description="Arguments for script.")
-    image: str = Field(DEFAULT_IMAGE, description="Container image (Kubernetes).")
+    image: str | None = Field(
+        None, description=f"Container image (Kubernetes); {DEFAULT_IMAGE}, or {DEFAULT_CPU_IMAGE} "
+                          "for a CPU job (gpusPerNode 0)."
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     resources: Resources = Field(default_factory=Resources)
     master_addr_timeout_seconds: int = Field(
         300, ge=0, le=86400, description="How long a non-master node waits for MASTER_ADDR to resolve."
+    )
+    termination_grace_period_seconds: int = Field(
+        DEFAULT_TERMINATION_GRACE, ge=1,
+        description="Seconds a node (a pod) has to stop after its SIGTERM (a checkpoint is saved meanwhile); "
+                    "razor.node kills what is left of the training 10 s before.",
     )
     slurm: Slurm = Field(default_factory=Slurm)
     # Kubernetes: the gang, its restarts and its placement.
@@ -188,6 +205,12 @@ class RazorJobSpec(_Model):
     permanent_exit_codes: list[int] = Field(
         default_factory=lambda: [2, 126, 127],
         description="Exit codes that fail the job at once, without a restart (2: bad config).",
+    )
+    node_lost_timeout_seconds: int = Field(
+        DEFAULT_NODE_LOST_TIMEOUT, ge=1, le=86400,
+        description="How long a pod stays on a node that stopped answering (not ready or unreachable) "
+                    "before Kubernetes evicts it (its NoExecute tolerations), and how long after its grace "
+                    "period a deleted pod may go unconfirmed before the operator force-deletes it.",
     )
     active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the job after this long.")
     ttl_seconds_after_finished: int | None = Field(
@@ -258,7 +281,9 @@ class RazorJobSpec(_Model):
 
     @field_validator("image")
     @classmethod
-    def _image(cls, v: str) -> str:
+    def _image(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v or any(c.isspace() for c in v):
             raise ValueError(f"{v!r} is not an image reference")
         return v
@@ -319,7 +344,16 @@ class RazorJobSpec(_Model):
         if self.work_dir is None:
             stem = PurePosixPath(self.config or self.script or "job").stem
             self.work_dir = f"work_dirs/{stem}"
+        if self.image is None:
+            self.image = default_image(self.gpus_per_node)
+            self.model_fields_set.discard("image")  # still left out: a cluster may set its own
         return self
+
+
+def default_image(gpus_per_node: int) -> str:
+    """razor's own image for a job that names none: the CUDA build, or for a CPU job its CPU
+    variant."""
+    return DEFAULT_IMAGE if gpus_per_node else DEFAULT_CPU_IMAGE
 
 
 def _check_cfg_value(key: str, value: Any, depth: int = 0) -> None:
@@ -379,17 +413,37 @@ class RazorJob(BaseModel):
 #: the cluster sets one the model's default above applies, as on every backend.
 CLUSTER_DEFAULTS = (
     "image", "port", "backoffLimit", "permanentExitCodes", "masterAddrTimeoutSeconds",
-    "activeDeadlineSeconds", "ttlSecondsAfterFinished", "nodeSelector", "tolerations",
-    "priorityClassName", "schedulerName", "serviceAccountName", "podSecurityContext",
+    "terminationGracePeriodSeconds", "activeDeadlineSeconds", "ttlSecondsAfterFinished",
+    "nodeSelector", "tolerations", "priorityClassName", "schedulerName", "serviceAccountName",
+    "podSecurityContext", "nodeLostTimeoutSeconds",
 )
+#: A cluster default that is no spec field: the image of the CPU jobs (gpusPerNode 0) that name
+#: none. A cluster's ``image`` is then the GPU jobs' (and the CPU jobs' too when it sets no
+#: ``cpuImage``); where the cluster sets neither, razor's own (DEFAULT_IMAGE, DEFAULT_CPU_IMAGE).
+CPU_IMAGE = "cpuImage"
+#: Every key of a cluster's defaults.
+CLUSTER_DEFAULT_KEYS = (*CLUSTER_DEFAULTS, CPU_IMAGE)
 
 
 WHAT_DEFAULTS = "a valid set of RazorJob defaults"
 
 
+def _probe_defaults(spec: dict[str, Any], source: str, field: str | None = None) -> list[FieldError]:
+    """The errors of ``spec`` (cluster defaults) checked as a job's spec fields, each named
+    ``defaults.<field>``; with ``field``, every error is named ``defaults.<field>``."""
+    probe = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "defaults"},
+             "spec": {"config": "defaults.yaml", **spec}}
+    try:
+        parse_job(probe, source)
+    except SpecError as exc:
+        return [FieldError(f"defaults.{field}" if field else e.path.replace("spec.", "defaults.", 1),
+                           e.message) for e in exc.errors]
+    return []
+
+
 def parse_cluster_defaults(doc: Any, source: str = "defaults") -> dict[str, Any]:
-    """Check a cluster's defaults (a mapping of spec fields to values); raise SpecError naming
-    each bad field as ``defaults.<field>``."""
+    """Check a cluster's defaults (a mapping of spec fields, and ``cpuImage``, to values); raise
+    SpecError naming each bad field as ``defaults.<field>``."""
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -397,33 +451,43 @@ def parse_cluster_defaults(doc: Any, source: str = "defaults") -> dict[str, Any]
                                                         f"{type(doc).__name__}")], WHAT_DEFAULTS)
     errors = []
     for key in doc:
-        if key not in CLUSTER_DEFAULTS:
-            close = difflib.get_close_matches(str(key), CLUSTER_DEFAULTS, n=1)
+        if key not in CLUSTER_DEFAULT_KEYS:
+            close = difflib.get_close_matches(str(key), CLUSTER_DEFAULT_KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             errors.append(FieldError(f"defaults.{key}", f"is not a field a cluster can default ({hint}"
-                                                        f"those are: {', '.join(CLUSTER_DEFAULTS)})"))
+                                                        f"those are: {', '.join(CLUSTER_DEFAULT_KEYS)})"))
     if not errors:
-        probe = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "defaults"},
-                 "spec": {"config": "defaults.yaml", **doc}}
-        try:
-            parse_job(probe, source)
-        except SpecError as exc:
-            errors = [FieldError(e.path.replace("spec.", "defaults.", 1), e.message) for e in exc.errors]
+        errors = _probe_defaults({k: v for k, v in doc.items() if k != CPU_IMAGE}, source)
+        if CPU_IMAGE in doc:  # checked as a CPU job's image
+            errors += _probe_defaults({"image": doc[CPU_IMAGE]}, source, CPU_IMAGE)
     if errors:
         raise SpecError(source, errors, WHAT_DEFAULTS)
     return dict(doc)
 
 
+def _is_cpu_job(spec: dict[str, Any]) -> bool:
+    gpus = spec.get("gpusPerNode") or 0
+    try:
+        return int(gpus) == 0
+    except (TypeError, ValueError):
+        return False  # not a number: parse_job says so
+
+
 def with_cluster_defaults(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """The RazorJob document with the cluster's defaults for the spec fields it leaves out. A
-    ``port`` is not added to a job whose cfgOptions give ``dist_params.port`` (that port rules)."""
+    ``port`` is not added to a job whose cfgOptions give ``dist_params.port`` (that port rules);
+    a CPU job that names no image gets the cluster's ``cpuImage`` when it sets one."""
     spec = dict(doc.get("spec") or {})
     for key, value in defaults.items():
-        if key in spec:
+        if key in spec or key == CPU_IMAGE:
             continue
         if key == "port" and "dist_params.port" in (spec.get("cfgOptions") or {}):
             continue
+        if key == "image" and CPU_IMAGE in defaults and _is_cpu_job(spec):
+            continue
         spec[key] = copy.deepcopy(value)
+    if "image" not in spec and CPU_IMAGE in defaults and _is_cpu_job(spec):
+        spec["image"] = defaults[CPU_IMAGE]
     return {**doc, "spec": spec}
 
 

@@ -89,3 +89,83 @@ def test_the_pods_security_context():
     job = parse_job(job_doc("s", config="c.yaml", podSecurityContext={"fsGroup": 65532, "runAsNonRoot": True}))
     assert kube.pod(job, 0, "default")["spec"]["securityContext"] == {"fsGroup": 65532, "runAsNonRoot": True}
     assert "securityContext" not in kube.pod(parse_job(job_doc("t", config="c.yaml")), 0, "default")["spec"]
+
+
+def test_pods_leave_a_lost_node_after_node_lost_timeout_seconds():
+    def tolerations(**spec):
+        return kube.pod(parse_job(job_doc("t", config="c.yaml", **spec)), 0, "default")["spec"]["tolerations"]
+
+    lost = [{"key": f"node.kubernetes.io/{k}", "operator": "Exists", "effect": "NoExecute",
+             "tolerationSeconds": 60} for k in ("not-ready", "unreachable")]
+    assert tolerations() == lost
+    assert [t["tolerationSeconds"] for t in tolerations(nodeLostTimeoutSeconds=15)] == [15, 15]
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists"}
+    assert tolerations(tolerations=[gpu]) == [gpu, *lost]
+    # A job's own toleration of such a taint wins (NoExecute, or every effect); NoSchedule does not count.
+    mine = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+            "tolerationSeconds": 600}
+    assert tolerations(tolerations=[mine]) == [mine, lost[0]]
+    forever = {"key": "node.kubernetes.io/not-ready", "operator": "Exists"}
+    assert tolerations(tolerations=[forever]) == [forever, lost[1]]
+    no_schedule = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"}
+    assert tolerations(tolerations=[no_schedule]) == [no_schedule, *lost]
+
+
+def pod_env(pod: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_the_pods_grace_and_razor_nodes_stop_grace_within_it():
+    default = kube.pod(parse_job(job_doc("g", config="c.yaml")), 0, "default")
+    assert default["spec"]["terminationGracePeriodSeconds"] == 120
+    assert pod_env(default)["RAZOR_STOP_GRACE"] == "110"
+    for grace, stop in ((45, "35"), (11, "1"), (5, "1"), (1, "1")):
+        pod = kube.pod(parse_job(job_doc("g", config="c.yaml", terminationGracePeriodSeconds=grace)), 1, "ml")
+        assert pod["spec"]["terminationGracePeriodSeconds"] == grace
+        assert pod_env(pod)["RAZOR_STOP_GRACE"] == stop
+        assert int(stop) <= grace
+
+
+def test_pods_mount_no_service_account_token_unless_the_job_names_an_account():
+    plain = kube.pod(parse_job(job_doc("a", config="c.yaml")), 0, "default")["spec"]
+    assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
+    named = kube.pod(parse_job(job_doc("a", config="c.yaml", serviceAccountName="trainer")), 0, "default")["spec"]
+    assert named["serviceAccountName"] == "trainer" and "automountServiceAccountToken" not in named
+
+
+def test_every_pod_gets_the_seeds_port_beside_master_port():
+    job = parse_job(job_doc("p", config="c.yaml", nnodes=3, port=29600))
+    for pod in kube.objects(job, "ml")[1:]:
+        env = pod_env(pod)
+        assert env["PORT"] == env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "29600"
+    hn = kube.pod(parse_job(job_doc("hn", config="c.yaml", hostNetwork=True)), 0, "ml", port=30123)
+    assert pod_env(hn)["PORT"] == pod_env(hn)["MASTER_PORT"] == "30123"
+
+
+def test_a_cpu_jobs_pods_run_the_cpu_image():
+    cpu = kube.pod(parse_job(job_doc("c", config="c.yaml")), 0, "default")
+    gpu = kube.pod(parse_job(job_doc("g", config="c.yaml", gpusPerNode=2)), 0, "default")
+    assert cpu["spec"]["containers"][0]["image"] == "razor-trainer:0.1.0-cpu"
+    assert gpu["spec"]["containers"][0]["image"] == "razor-trainer:0.1.0"
+
+
+def test_the_pvc_example_keeps_the_work_dir_on_the_claim():
+    """examples/razorjob-pvc.yaml: every pod mounts the claim, the work dir (relative to the
+    image's /app) is inside the mount, and the pods' fsGroup is the image's user's group."""
+    from razor.spec import load_job
+
+    job = load_job(ROOT / "examples" / "razorjob-pvc.yaml")
+    assert job.spec.nnodes >= 2 and job.spec.gpus_per_node == 0
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in job.spec.volumes if "persistentVolumeClaim" in v}
+    assert claims, "the example mounts a PersistentVolumeClaim"
+    for pod in kube.objects(job, "ml")[1:]:
+        spec = pod["spec"]
+        assert spec["securityContext"]["fsGroup"] == 65532
+        (container,) = spec["containers"]
+        workdir = Path(container.get("workingDir", "/app")) / pod_env(pod)["RAZOR_WORK_DIR"]
+        mounts = [m for m in container["volumeMounts"] if m["name"] in claims]
+        assert any(workdir.is_relative_to(m["mountPath"]) and workdir != Path(m["mountPath"])
+                   for m in mounts), (workdir, mounts)
+        assert all({"name": name, "persistentVolumeClaim": {"claimName": claim}} in spec["volumes"]
+                   for name, claim in claims.items())

@@ -10,9 +10,9 @@ from razor.backends import local
 from razor.launcher import fixed_port, node_env, node_launches, trainer_args
 from razor.spec import parse_job
 
-CONTRACT = {"MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "GPUS_PER_NODE",
+CONTRACT = {"MASTER_ADDR", "MASTER_PORT", "PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "GPUS_PER_NODE",
             "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-            "RAZOR_JOB_NAME", "RAZOR_WORK_DIR", "RAZOR_ATTEMPT"}
+            "RAZOR_JOB_NAME", "RAZOR_WORK_DIR", "RAZOR_ATTEMPT", "RAZOR_MASTER_ADDR_TIMEOUT", "RAZOR_STOP_GRACE"}
 
 
 def test_node_env_is_the_contract():
@@ -20,7 +20,8 @@ def test_node_env_is_the_contract():
     env = node_env(job, 2, "kd-0.kd.default.svc", 29500, attempt=3)
     assert CONTRACT <= set(env)
     assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "kd-0.kd.default.svc"
-    assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "29500"
+    assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == env["PORT"] == "29500"
+    assert env["RAZOR_STOP_GRACE"] == "110"  # within the default terminationGracePeriodSeconds, 120
     assert env["NNODES"] == env["PET_NNODES"] == "4"
     assert env["NODE_RANK"] == env["PET_NODE_RANK"] == "2"
     assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == "8"
@@ -76,7 +77,8 @@ def test_local_plan_and_render(tmp_path: Path):
     job = parse_job(job_doc("two", config="c.yaml", nnodes=2, cfgOptions={"name": "it's"}))
     plan = local.plan(job, tmp_path, 29555, python="/py", cpus=4)
     assert [n.env["NODE_RANK"] for n in plan.nodes] == ["0", "1"]
-    assert all(n.env["MASTER_ADDR"] == "127.0.0.1" and n.env["MASTER_PORT"] == "29555" for n in plan.nodes)
+    assert all(n.env["MASTER_ADDR"] == "127.0.0.1" and n.env["MASTER_PORT"] == n.env["PORT"] == "29555"
+               for n in plan.nodes)
     assert all(n.env["OMP_NUM_THREADS"] == "2" for n in plan.nodes)
     text = local.render(plan)
     assert text.startswith("#!/bin/sh\n") and text.rstrip().endswith("wait")
@@ -85,5 +87,12 @@ def test_local_plan_and_render(tmp_path: Path):
     lines = [line for line in text.replace("\\\n", " ").splitlines() if line.startswith("env ")]
     words = shlex.split(lines[1].removesuffix("&"))
     assert "NODE_RANK=1" in words and words[words.index("/py"):] == plan.nodes[1].argv
+    assert "PORT=29555" in words and "RAZOR_STOP_GRACE=110" in words
     doc = __import__("json").loads(local.render(plan, "json"))
     assert doc["nodes"][1]["env"]["NODE_RANK"] == "1" and doc["port"] == 29555
+
+
+def test_stop_grace_is_the_jobs_grace_less_a_margin():
+    for grace, stop in ((120, "110"), (300, "290"), (11, "1"), (10, "1"), (1, "1")):
+        job = parse_job(job_doc("g", config="c.yaml", terminationGracePeriodSeconds=grace))
+        assert node_env(job, 0, "127.0.0.1", 29500)["RAZOR_STOP_GRACE"] == stop

@@ -118,3 +118,24 @@ def test_seed_wrapper_arguments():
     assert "MASTER_PORT=29501" in slurm.render(job, "/x")  # the seed's Option 2
     cpu = parse_job(job_from_seed(["debug", "j", "c.yaml", "wd"], {"GPUS": "2", "GPUS_PER_NODE": "0"}))
     assert (cpu.spec.nnodes, cpu.spec.gpus_per_node, cpu.spec.nproc_per_node) == (1, 0, 2)
+
+
+def test_every_task_gets_port_beside_master_port_and_the_stop_grace(tmp_path: Path):
+    """The script run with stub srun/scontrol: the environment srun hands each task carries PORT,
+    equal to the MASTER_PORT derived at run time, and RAZOR_STOP_GRACE from the job's grace."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in (("srun", 'env > "$ENV_OUT"'), ("scontrol", "echo node0")):
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    for spec, port in (({}, str(20000 + 4242 % 20000)), ({"port": 29600}, "29600")):
+        job = parse_job(job_doc("p", config="c.yaml", workDir=str(tmp_path / "wd"),
+                                terminationGracePeriodSeconds=60, **spec))
+        env = {"PATH": f"{stubs}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "node0", "SLURM_JOB_ID": "4242",
+               "ENV_OUT": str(tmp_path / "env")}
+        res = subprocess.run(["bash", "-c", slurm.render(job, str(tmp_path))], env=env, cwd=tmp_path,
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+        assert seen["PORT"] == seen["MASTER_PORT"] == seen["PET_MASTER_PORT"] == port
+        assert seen["RAZOR_STOP_GRACE"] == "50"

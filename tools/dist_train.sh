@@ -30,6 +30,7 @@ export NNODES="${NNODES:-1}"
 export NODE_RANK="${NODE_RANK:-0}"
 export MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 export MASTER_PORT="${PORT:-${MASTER_PORT:-29500}}"
+export PORT="$MASTER_PORT"
 export NPROC_PER_NODE="$GPUS"
 if [ "${CUDA_VISIBLE_DEVICES:-}" = "-1" ]; then
     export GPUS_PER_NODE=0
