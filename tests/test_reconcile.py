@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from conftest import job_doc
 from razor.spec import parse_job
@@ -188,3 +188,141 @@ def test_a_just_created_pending_pod_is_not_worth_a_reconcile():
     assert pod_event_matters("MODIFIED", {"metadata": {}, "status": {"phase": "Pending"}})
     assert pod_event_matters("DELETED", {"metadata": {}, "status": {"phase": "Pending"}})
     assert pod_event_matters(None, {"metadata": {}, "status": {"phase": "Pending"}})
+
+
+# ---- lost nodes: pods deleted under a running gang, deletions no kubelet confirms -------------------
+
+def lost_pod(rank=1, attempt=1, phase="Running", node="n1", disruption="DeletionByTaintManager",
+             deleted_ago=0, grace=30):
+    """A pod being deleted: its grace period ends (ended) ``deleted_ago`` seconds before NOW."""
+    return PodState(f"kd-{rank}", rank, attempt, phase, deleting=True, node=node, uid=f"uid-{rank}",
+                    deletion_timestamp=NOW - timedelta(seconds=deleted_ago), deletion_grace=grace,
+                    disruption=disruption)
+
+
+def test_pod_state_learns_its_node_its_deletion_and_its_disruption():
+    pod = {"metadata": {"name": "kd-1", "uid": "u1", "labels": {"razor.dev/node-rank": "1", "razor.dev/attempt": "2"},
+                        "deletionTimestamp": "2026-11-27T12:00:30Z", "deletionGracePeriodSeconds": 30},
+           "spec": {"nodeName": "n1"},
+           "status": {"phase": "Running", "conditions": [
+               {"type": "Ready", "status": "False"},
+               {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+                "message": "Taint manager: deleting due to NoExecute taint"}]}}
+    s = PodState.from_pod(pod)
+    assert (s.node, s.uid, s.deleting, s.deletion_grace, s.disruption) == \
+        ("n1", "u1", True, 30, "DeletionByTaintManager")
+    assert s.deletion_timestamp == datetime(2026, 11, 27, 12, 0, 30, tzinfo=timezone.utc)
+    pod["status"]["conditions"][1]["status"] = "False"
+    assert PodState.from_pod(pod).disruption is None
+
+
+def test_a_pod_evicted_from_a_lost_node_restarts_the_gang():
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r1=lost_pod(deleted_ago=-30)), NOW)
+    assert d.status["phase"] == "Restarting" and d.status["attempt"] == 2 and d.status["restarts"] == 1
+    assert sorted(d.delete_pods) == ["kd-0", "kd-2", "kd-3"], "the lost pod is being deleted already"
+    assert d.create_ranks == [] and d.force_delete_pods == {}
+    assert d.status["message"].startswith("rank 1 (pod kd-1) lost with node n1: evicted by the taint manager")
+    assert "restarting all 4 rank(s) as attempt 2" in d.status["message"]
+    assert cond(d.status, "Restarting")["reason"] == "NodeLost"
+    assert d.requeue_after == 90, "its grace period ends in 30s, then 60s for its kubelet to confirm"
+    assert {"rank": 1, "pod": "kd-1", "phase": "Running", "node": "n1"} in d.status["ranks"]
+
+
+def test_other_disruptions_name_their_reason():
+    for disruption, reason in [("PreemptionByScheduler", "Preempted"), ("EvictionByEvictionAPI", "Evicted"),
+                               ("DeletionByPodGC", "NodeLost"), (None, "PodDeleted")]:
+        d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"},
+                   pods(r2=lost_pod(2, disruption=disruption, deleted_ago=-30)), NOW)
+        assert d.status["phase"] == "Restarting" and cond(d.status, "Restarting")["reason"] == reason
+
+
+def test_a_pod_gone_from_a_running_gang_restarts_it():
+    st = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Pending"},
+                pods(r3=PodState("kd-3", 3, 1, "Running", node="n3")), NOW).status
+    assert st["phase"] == "Running"
+    d = decide(job(), st, pods()[:3], NOW)  # kd-3 force-deleted by someone, or by the pod GC
+    assert d.status["phase"] == "Restarting" and d.create_ranks == [] and d.status["restarts"] == 1
+    assert d.status["message"].startswith("rank 3 (pod kd-3) lost with node n3: gone while the gang ran")
+    assert cond(d.status, "Restarting")["reason"] == "PodLost"
+
+
+def test_the_backoff_limit_counts_lost_ranks():
+    d = decide(job(backoffLimit=1), {"attempt": 2, "restarts": 1, "phase": "Running"},
+               pods(attempt=2, r0=lost_pod(0, attempt=2, deleted_ago=-30)), NOW)
+    assert d.status["phase"] == "Failed" and cond(d.status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert d.status["message"].startswith("rank 0 (pod kd-0) lost with node n1")
+
+
+def test_a_pod_still_deleting_after_a_resume_is_waited_for_not_counted():
+    going = [lost_pod(r, disruption=None, deleted_ago=-10) for r in range(4)]
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Suspended"}, going, NOW)
+    assert d.status["phase"] == "Pending" and d.status["restarts"] == 0 and d.status["attempt"] == 1
+    assert d.create_ranks == [] and d.delete_pods == []
+    d = decide(job(), d.status, going[:2], NOW)
+    assert d.create_ranks == [2, 3] and d.status["restarts"] == 0
+    assert d.status["phase"] == "Pending", "a deleting pod does not run"
+
+
+def test_a_deletion_no_kubelet_confirms_is_forced_after_the_bound():
+    failed = PodState("kd-2", 2, 1, "Failed", 137, "OOMKilled")
+    st = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r2=failed), NOW).status
+    # kd-0 and kd-2 are gone; kd-1's node is lost: its grace period ended 59s ago, and nobody confirms
+    old = [lost_pod(1, disruption=None, deleted_ago=59), lost_pod(3, disruption=None, deleted_ago=-20)]
+    d = decide(job(), st, old, NOW)
+    assert d.force_delete_pods == {} and d.create_ranks == [] and d.requeue_after == 1
+    d = decide(job(), st, old, NOW + timedelta(seconds=1))
+    assert d.force_delete_pods == {"kd-1": "uid-1"} and d.create_ranks == []
+    note = "rank 1 (pod kd-1) lost with node n1: not confirmed deleted 60s after its grace period; force-deleted"
+    assert ("Warning", "ForceDeleted", note) in d.events
+    assert d.status["message"] == f"{note}; restarting all 4 rank(s) as attempt 2"
+    assert d.status["phase"] == "Restarting" and d.requeue_after == 79  # kd-3's turn
+    d = decide(job(), d.status, [], NOW + timedelta(seconds=2))  # both gone
+    assert d.create_ranks == [0, 1, 2, 3] and d.status["attempt"] == 2
+
+
+def test_the_bound_is_node_lost_timeout_seconds_and_a_forced_pod_is_not_forced_again():
+    st = {"attempt": 2, "restarts": 1, "phase": "Restarting"}
+    d = decide(job(nodeLostTimeoutSeconds=5), st, [lost_pod(0, deleted_ago=5)], NOW)
+    assert list(d.force_delete_pods) == ["kd-0"] and "deleted 5s after its grace period" in d.status["message"]
+    d = decide(job(nodeLostTimeoutSeconds=5), st, [lost_pod(0, deleted_ago=600, grace=0)], NOW)
+    assert d.force_delete_pods == {} and d.events == [], "forced already: a finalizer holds it, not a kubelet"
+
+
+def test_a_finished_or_suspended_jobs_lost_pods_are_forced_too():
+    done = {"attempt": 1, "phase": "Failed", "message": "m", "completionTime": "2026-11-27T11:00:00Z"}
+    d = decide(job(), done, [lost_pod(1, deleted_ago=61)], NOW)
+    assert list(d.force_delete_pods) == ["kd-1"] and d.status["message"] == "m"
+    d = decide(job(suspend=True), {"attempt": 1, "phase": "Suspended"}, [lost_pod(1, deleted_ago=61)], NOW)
+    assert list(d.force_delete_pods) == ["kd-1"]
+
+
+def test_pod_state_sees_that_its_node_stopped_reporting():
+    """The node controller sets Ready False on a lost node's pods; their kubelet's last container
+    statuses still say ready (a kubelet itself never reports that)."""
+    pod = {"metadata": {"name": "kd-1", "labels": {"razor.dev/node-rank": "1", "razor.dev/attempt": "1"}},
+           "spec": {"nodeName": "n1"},
+           "status": {"phase": "Running",
+                      "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-11-27T11:59:00Z"}],
+                      "containerStatuses": [{"name": "trainer", "ready": True, "state": {"running": {}}}]}}
+    assert PodState.from_pod(pod).unreachable_since == NOW - timedelta(seconds=60)
+    pod["status"]["containerStatuses"][0]["ready"] = False  # what its kubelet says: not the node
+    assert PodState.from_pod(pod).unreachable_since is None
+    pod["status"]["containerStatuses"][0]["ready"] = True
+    pod["status"]["conditions"][0]["status"] = "True"
+    assert PodState.from_pod(pod).unreachable_since is None
+
+
+def test_a_rank_whose_node_stopped_reporting_is_lost_after_the_bound():
+    """Even where Kubernetes evicts nothing (every node not ready: a one-node cluster's lost
+    node), the gang restarts nodeLostTimeoutSeconds after the node stopped reporting."""
+    status = {"attempt": 1, "restarts": 0, "phase": "Running"}
+    silent = PodState("kd-2", 2, 1, "Running", node="n1", unreachable_since=NOW - timedelta(seconds=20))
+    d = decide(job(nodeLostTimeoutSeconds=60), status, pods(r2=silent), NOW)
+    assert d.status["phase"] == "Running" and d.delete_pods == []
+    assert d.requeue_after == 40, "back when the bound falls due"
+    d = decide(job(nodeLostTimeoutSeconds=10), status, pods(r2=silent), NOW)
+    assert d.status["phase"] == "Restarting" and d.status["attempt"] == 2
+    assert sorted(d.delete_pods) == ["kd-0", "kd-1", "kd-2", "kd-3"]
+    assert d.status["message"].startswith(
+        "rank 2 (pod kd-2) lost with node n1: its node stopped reporting 20s ago (nodeLostTimeoutSeconds 10)")
+    assert cond(d.status, "Restarting")["reason"] == "NodeLost"

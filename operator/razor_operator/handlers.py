@@ -167,12 +167,27 @@ class World:
             if exc.status != 409:
                 raise
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, grace: int) -> None:
+        """Delete a pod with its job's grace (spec.terminationGracePeriodSeconds), within which
+        razor.node saves a checkpoint and stops."""
         try:
-            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=30,
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace,
                                             _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
+                raise
+
+    def force_delete_pod(self, namespace: str, name: str, uid: str = "") -> None:
+        """Delete a pod at once (grace 0), without its kubelet's confirmation: only for a pod
+        whose node is lost. The uid, when given, is a precondition: never a newer pod of that
+        name. Gone already, or replaced (404, 409): nothing to do."""
+        body = client.V1DeleteOptions(grace_period_seconds=0,
+                                      preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=body, grace_period_seconds=0,
+                                            _preload_content=False)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
                 raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -232,8 +247,10 @@ def reconcile(world: World, namespace: str, name: str) -> Decision | None:
 def _apply(world: World, body: dict[str, Any], job, namespace: str, uid: str, d: Decision,
            port: int | None) -> None:
     name = job.name
+    for pod, pod_uid in d.force_delete_pods.items():
+        world.force_delete_pod(namespace, pod, pod_uid)
     for pod in d.delete_pods:
-        world.delete_pod(namespace, pod)
+        world.delete_pod(namespace, pod, job.spec.termination_grace_period_seconds)
     if d.create_service:
         world.create_service(namespace, kube.service(job, namespace, uid, port))
     if d.create_ranks:

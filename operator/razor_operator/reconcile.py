@@ -9,6 +9,13 @@ The gang: all ranks of an attempt run together; when one fails, every pod of the
 deleted, and only when all are gone is the next attempt created (the names are the same), with
 RAZOR_ATTEMPT + 1, up to ``backoffLimit`` restarts. Exit codes in ``permanentExitCodes`` fail
 the job at once.
+
+Lost nodes: a rank whose pod Kubernetes deletes while the gang runs (the taint manager evicting
+the pods of a node that stopped answering, a preemption, a drain, a ``kubectl delete``), or
+whose pod is gone, is a gang failure like a failed rank. A pod whose deletion no kubelet confirms
+``nodeLostTimeoutSeconds`` after its grace period ended (its deletionTimestamp) is force-deleted
+(grace 0): its node is lost, and the next attempt, whose pods have the same names, could never
+start otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ class PodState:
     exit_code: int | None = None
     reason: str | None = None
     deleting: bool = False
+    node: str | None = None                     # spec.nodeName: where it was bound
+    uid: str | None = None
+    deletion_timestamp: datetime | None = None  # when its grace period ends (or ended)
+    deletion_grace: int | None = None           # metadata.deletionGracePeriodSeconds
+    disruption: str | None = None               # the reason of its DisruptionTarget condition
+    #: Since when its node stopped reporting: the node controller set the pod's Ready condition
+    #: False while the kubelet's last container statuses still say ready (a kubelet never does).
+    unreachable_since: datetime | None = None
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> "PodState | None":
@@ -53,8 +68,20 @@ class PodState:
                 code, reason = term.get("exitCode"), term.get("reason")
                 if code:
                     break
+        disruption = next((c.get("reason") or "Unknown" for c in status.get("conditions") or []
+                           if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+        grace = meta.get("deletionGracePeriodSeconds")
+        unreachable_since = None
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        containers = status.get("containerStatuses") or []
+        if (status.get("phase") == RUNNING and ready is not None and ready.get("status") == "False"
+                and containers and all(cs.get("ready") for cs in containers)):
+            unreachable_since = _parse_ts(ready.get("lastTransitionTime"))
         return cls(meta.get("name", ""), rank, attempt, status.get("phase") or "Pending", code,
-                   reason or status.get("reason"), bool(meta.get("deletionTimestamp")))
+                   reason or status.get("reason"), bool(meta.get("deletionTimestamp")),
+                   (pod.get("spec") or {}).get("nodeName"), meta.get("uid"),
+                   _parse_ts(meta.get("deletionTimestamp")), None if grace is None else int(grace),
+                   disruption, unreachable_since)
 
 
 @dataclass
@@ -62,6 +89,8 @@ class Decision:
     create_service: bool = False
     create_ranks: list[int] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    #: Pods to delete with grace 0 (name: uid, a precondition): their deletion was never confirmed.
+    force_delete_pods: dict[str, str] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     delete_job: bool = False
@@ -75,7 +104,10 @@ def _ts(now: datetime) -> str:
 def _parse_ts(value: str | None) -> datetime | None:
     if not value:
         return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:  # RFC 3339 with fractions or an offset
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
 def set_condition(status: dict[str, Any], kind: str, true: bool, reason: str, message: str,
@@ -97,6 +129,73 @@ def set_condition(status: dict[str, Any], kind: str, true: bool, reason: str, me
 def _describe(p: PodState) -> str:
     why = f" ({p.reason})" if p.reason else ""
     return f"rank {p.rank} (pod {p.name}) exited with code {p.exit_code}{why}"
+
+
+#: The reasons of the DisruptionTarget condition Kubernetes sets on a pod before deleting it:
+#: the status condition's reason for the gang's restart, and what happened.
+DISRUPTIONS = {
+    "DeletionByTaintManager": ("NodeLost", "evicted by the taint manager (its node is not ready or "
+                                           "unreachable, or has another NoExecute taint)"),
+    "DeletionByPodGC": ("NodeLost", "deleted by the pod garbage collector (its node is gone or out "
+                                    "of service)"),
+    "PreemptionByScheduler": ("Preempted", "preempted by the scheduler for a pod of higher priority"),
+    "EvictionByEvictionAPI": ("Evicted", "evicted through the Eviction API (a node drain, say)"),
+    "TerminationByKubelet": ("Evicted", "terminated by its kubelet (node pressure or shutdown)"),
+}
+
+
+def _lost(rank: int, pod: str, node: str | None, reason: str, what: str) -> tuple[int, str, str]:
+    where = f" with node {node}" if node else ""
+    return rank, reason, f"rank {rank} (pod {pod}) lost{where}: {what}"
+
+
+def _lost_pod(p: PodState) -> tuple[int, str, str]:
+    reason, what = DISRUPTIONS.get(p.disruption or "", ("PodDeleted", "deleted while the gang ran"))
+    return _lost(p.rank, p.name, p.node, reason, what)
+
+
+def _gang_failure(job: RazorJob, d: Decision, st: dict[str, Any], attempt: int, what: str,
+                  reason: str, current: list[PodState], now: datetime) -> Decision:
+    """Restart every rank as the next attempt, or fail the job once backoffLimit is reached."""
+    spec = job.spec
+    if st["restarts"] >= spec.backoff_limit:
+        msg = f"{what}; backoffLimit {spec.backoff_limit} reached after {st['restarts']} restart(s)"
+        return _finish(job, d, st, FAILED, "BackoffLimitExceeded", msg, now, current)
+    st["restarts"] += 1
+    st["attempt"] = attempt + 1
+    st["phase"] = RESTARTING
+    st["message"] = (f"{what}; restarting all {spec.nnodes} rank(s) as attempt {attempt + 1} "
+                     f"(restart {st['restarts']} of {spec.backoff_limit})")
+    set_condition(st, RESTARTING, True, reason, st["message"], now)
+    set_condition(st, RUNNING, False, reason, st["message"], now)
+    d.events.append(("Warning", "Restarting", st["message"]))
+    d.delete_pods += [p.name for p in current if not p.deleting]
+    return d
+
+
+def _force_unconfirmed_deletions(job: RazorJob, d: Decision, pods: list[PodState], now: datetime) -> None:
+    """Force-delete (grace 0) the pods whose deletion no kubelet confirmed nodeLostTimeoutSeconds
+    after their grace period ended; come back when the next one falls due."""
+    bound = job.spec.node_lost_timeout_seconds
+    notes = []
+    for p in sorted(pods, key=lambda p: (p.attempt, p.rank)):
+        if p.deletion_timestamp is None or p.deletion_grace == 0:
+            continue  # not being deleted, or already forced (a finalizer holds it: not ours)
+        left = (p.deletion_timestamp + timedelta(seconds=bound) - now).total_seconds()
+        if left > 0:
+            d.requeue_after = left if d.requeue_after is None else min(d.requeue_after, left)
+            continue
+        d.force_delete_pods[p.name] = p.uid or ""
+        where = f" lost with node {p.node}" if p.node else ""
+        note = (f"rank {p.rank} (pod {p.name}){where}: not confirmed deleted {bound}s after its "
+                f"grace period; force-deleted")
+        d.events.append(("Warning", "ForceDeleted", note))
+        notes.append(note)
+    st = d.status
+    if notes and st.get("phase") not in (*FINISHED, SUSPENDED):
+        then = (f"; restarting all {job.spec.nnodes} rank(s) as attempt {st['attempt']}"
+                if st.get("phase") == RESTARTING else "")
+        st["message"] = "; ".join(notes) + then
 
 
 def _finish(job: RazorJob, d: Decision, st: dict[str, Any], phase: str, reason: str, message: str,
@@ -142,6 +241,13 @@ def pod_event_matters(event_type: str | None, body: dict[str, Any]) -> bool:
 
 def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], now: datetime,
            service_exists: bool = True) -> Decision:
+    d = _decide(job, status, pods, now, service_exists)
+    _force_unconfirmed_deletions(job, d, pods, now)
+    return d
+
+
+def _decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], now: datetime,
+            service_exists: bool) -> Decision:
     spec = job.spec
     st = copy.deepcopy(status or {})
     st.setdefault("attempt", 1)
@@ -197,7 +303,7 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
     d.delete_pods += [p.name for p in pods if p.attempt == attempt and p.rank not in ranks and not p.deleting]
     st["ranks"] = [
         {k: v for k, v in {"rank": r, "pod": p.name, "phase": p.phase, "exitCode": p.exit_code,
-                           "reason": p.reason}.items() if v is not None}
+                           "reason": p.reason, "node": p.node}.items() if v is not None}
         for r, p in sorted(current.items())
     ]
 
@@ -209,20 +315,36 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
         if first.exit_code in spec.permanent_exit_codes:
             msg = f"{what}; exit code {first.exit_code} is permanent, not restarted"
             return _finish(job, d, st, FAILED, "PermanentFailure", msg, now, list(current.values()))
-        if st["restarts"] >= spec.backoff_limit:
-            msg = f"{what}; backoffLimit {spec.backoff_limit} reached after {st['restarts']} restart(s)"
-            return _finish(job, d, st, FAILED, "BackoffLimitExceeded", msg, now, list(current.values()))
-        st["restarts"] += 1
-        st["attempt"] = attempt + 1
-        st["phase"] = RESTARTING
         reason = "Preempted" if first.exit_code == EXIT_PREEMPTED else "RankFailed"
-        st["message"] = (f"{what}; restarting all {spec.nnodes} rank(s) as attempt {attempt + 1} "
-                         f"(restart {st['restarts']} of {spec.backoff_limit})")
-        set_condition(st, RESTARTING, True, reason, st["message"], now)
-        set_condition(st, RUNNING, False, reason, st["message"], now)
-        d.events.append(("Warning", "Restarting", st["message"]))
-        d.delete_pods += [p.name for p in current.values() if not p.deleting]
-        return d
+        return _gang_failure(job, d, st, attempt, what, reason, list(current.values()), now)
+
+    # -- a lost rank: its pod deleted by Kubernetes (a DisruptionTarget: the taint manager on a
+    # lost node, a preemption, a drain) or by anyone while the gang runs, or gone from a running
+    # gang. The gang cannot go on without it: restart it (a pod deleting before the gang ran,
+    # e.g. one of a suspension just lifted, is only waited for).
+    lost = [_lost_pod(p) for p in current.values()
+            if p.deleting and p.phase not in FINISHED and (phase == RUNNING or p.disruption)]
+    # A node that stopped reporting: Kubernetes evicts its pods (the tolerations above), except
+    # when it thinks the control plane itself is cut off (every node of every zone not ready, a
+    # one-node cluster's lost node included): then the operator gives up on them itself.
+    bound = timedelta(seconds=spec.node_lost_timeout_seconds)
+    for p in current.values():
+        if p.deleting or p.unreachable_since is None:
+            continue
+        left = (p.unreachable_since + bound - now).total_seconds()
+        if left > 0:
+            d.requeue_after = left if d.requeue_after is None else min(d.requeue_after, left)
+        else:
+            lost.append(_lost(p.rank, p.name, p.node, "NodeLost",
+                              f"its node stopped reporting {int((now - p.unreachable_since).total_seconds())}s "
+                              f"ago (nodeLostTimeoutSeconds {spec.node_lost_timeout_seconds})"))
+    if phase == RUNNING:
+        was = [e for e in (status or {}).get("ranks") or [] if e.get("rank") in ranks]
+        lost += [_lost(e["rank"], e.get("pod", pod_name(job, e["rank"])), e.get("node"), "PodLost",
+                       "gone while the gang ran") for e in was if e["rank"] not in current]
+    if lost:
+        _, reason, what = min(lost)
+        return _gang_failure(job, d, st, attempt, what, reason, list(current.values()), now)
 
     # -- every rank succeeded
     if len(current) == spec.nnodes and all(p.phase == SUCCEEDED for p in current.values()):
@@ -247,7 +369,8 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
     if phase == RESTARTING and (stale or missing):
         return d  # still restarting
 
-    running = len(current) == spec.nnodes and all(p.phase in (RUNNING, SUCCEEDED) for p in current.values())
+    running = len(current) == spec.nnodes and all(p.phase in (RUNNING, SUCCEEDED) and not p.deleting
+                                                   for p in current.values())
     if running:
         if phase != RUNNING:
             st["phase"] = RUNNING
@@ -259,7 +382,8 @@ def decide(job: RazorJob, status: dict[str, Any] | None, pods: list[PodState], n
             if spec.active_deadline_seconds and d.requeue_after is None:
                 d.requeue_after = float(spec.active_deadline_seconds)
     elif phase not in (PENDING,):
-        waiting = spec.nnodes - sum(p.phase in (RUNNING, SUCCEEDED) for p in current.values())
+        waiting = spec.nnodes - sum(p.phase in (RUNNING, SUCCEEDED) and not p.deleting
+                                    for p in current.values())
         st["phase"] = PENDING
         st["message"] = f"waiting for {waiting} of {spec.nnodes} rank(s) to run (attempt {attempt})"
     return d

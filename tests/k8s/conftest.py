@@ -25,6 +25,10 @@ import pytest
 from kube_cluster import ROOT, ControlPlane
 
 CRD_FILE = ROOT / "crds" / "razorjob.yaml"
+#: The node lifecycle controller looks at the nodes every second and takes one whose heartbeats
+#: stopped 5 s ago for lost (50 s by default): there is no kubelet here, only the Node objects of
+#: tests/k8s/test_operator.py and the heartbeats the tests post for them.
+NODE_MONITOR_FLAGS = ("--node-monitor-period=1s", "--node-monitor-grace-period=5s")
 CRD_NAME = "razorjobs.razor.dev"
 
 _startup: list[float] = []
@@ -39,7 +43,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ControlPlane]:
     """A running control plane with the RazorJob CRD Established."""
-    with ControlPlane(crds=[CRD_FILE]) as cp:
+    with ControlPlane(crds=[CRD_FILE], controller_flags=NODE_MONITOR_FLAGS) as cp:
         _startup.append(cp.startup_seconds)
         established = cp.kubectl("get", "crd", CRD_NAME, "-o",
                                  "jsonpath={.status.conditions[?(@.type=='Established')].status}")

@@ -267,3 +267,166 @@ def test_suspend_resume_ttl_and_delete_leave_no_pod_behind(api, namespace, opera
     api[1].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "del")
     eventually(lambda: pods_of(api, namespace, "del") == [], timeout=60, what="garbage collection of pods")
     eventually(lambda: not api[0].list_namespaced_service(namespace).items, timeout=60, what="service GC")
+
+
+# ---- lost nodes ---------------------------------------------------------------------------------------
+
+class Nodes:
+    """Node objects and what their kubelets would do, for the nodes that answer: post the Ready
+    condition's heartbeat every second, and confirm at once the deletion of a pod bound to the
+    node (a kubelet stops the containers, then deletes the pod with grace 0). A lost node does
+    neither: its pods stay Terminating. The nodes are deleted at the end (they are cluster-wide)."""
+
+    def __init__(self, api, prefix: str):
+        import threading
+
+        self.core, self.prefix = api[0], prefix
+        self.answering: set[str] = set()
+        self.made: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._kubelets, daemon=True)
+        self.thread.start()
+
+    def add(self, name: str) -> str:
+        name = f"{self.prefix}-{name}"
+        self.core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        self.made.append(name)
+        self._heartbeat(name)
+        self.answering.add(name)
+        return name
+
+    def lose(self, name: str) -> None:
+        self.answering.discard(name)
+
+    def back(self, name: str) -> None:
+        self._heartbeat(name)
+        self.answering.add(name)
+
+    def _heartbeat(self, name: str) -> None:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.core.patch_node_status(name, {"status": {"conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the test's kubelet",
+            "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+
+    def _kubelets(self) -> None:
+        while not self.stop.wait(1.0):
+            for name in list(self.answering):
+                try:
+                    self._heartbeat(name)
+                    for pod in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
+                        if pod.metadata.deletion_timestamp:
+                            self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
+                                                            grace_period_seconds=0)
+                except Exception:  # a pod gone meanwhile, a node deleted at the end: next round
+                    pass
+
+    def close(self) -> None:
+        """Stop the kubelets; force-delete the nodes' pods (the namespace's deletion would wait for
+        kubelets forever), then the nodes."""
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for name in self.made:
+            for pod in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
+                self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+            self.core.delete_node(name)
+
+
+@pytest.fixture
+def nodes(api, namespace):
+    n = Nodes(api, namespace)
+    yield n
+    n.close()
+
+
+def bind(api, namespace: str, pod: str, node: str) -> None:
+    """Bind a pod to a node through the pods/binding subresource, as kube-scheduler does."""
+    api[0].create_namespaced_pod_binding(pod, namespace, {
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}}, _preload_content=False)
+
+
+def run_on(api, ns, name, placement: dict[str, str], attempt: int) -> None:
+    """Bind each rank's pod of an attempt to its node, then run it; the job is Running."""
+    eventually(all_pods(api, ns, name, len(placement), attempt), what=f"pods of attempt {attempt}")
+    for pod, node in placement.items():
+        bind(api, ns, pod, node)
+        kubelet(api, ns, pod, "Running")
+    eventually(phase_is(api, ns, name, "Running"), what="phase Running")
+
+
+def events_of(api, ns, name) -> list:
+    return api[0].list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+
+
+def test_a_lost_nodes_pod_never_confirmed_deleted_is_force_deleted_and_the_gang_runs_again(
+        api, namespace, operator, nodes):
+    create_job(api, namespace, "lost", nnodes=2, nodeLostTimeoutSeconds=5)
+    good, bad = nodes.add("good"), nodes.add("bad")
+    pods = eventually(all_pods(api, namespace, "lost", 2, 1), what="2 pods")
+    unreachable = next(t for t in pods[1].spec.tolerations if t.key == "node.kubernetes.io/unreachable")
+    assert (unreachable.effect, unreachable.toleration_seconds) == ("NoExecute", 5)
+    run_on(api, namespace, "lost", {"lost-0": good, "lost-1": bad}, attempt=1)
+
+    # The bad node stops answering; the taint manager evicts its pod as it does (the DisruptionTarget
+    # condition, then a delete with a grace period), and no kubelet will ever confirm it.
+    nodes.lose(bad)
+    api[0].patch_namespaced_pod_status("lost-1", namespace, {"status": {"conditions": [{
+        "type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+        "message": "Taint manager: deleting due to NoExecute taint"}]}})
+    api[0].delete_namespaced_pod("lost-1", namespace, grace_period_seconds=5)
+
+    # A gang failure: attempt 2; lost-0 (whose kubelet answers) goes at once, lost-1 stays Terminating.
+    st = eventually(lambda: (s := get_job(api, namespace, "lost")["status"]).get("attempt") == 2 and s,
+                    what="attempt 2")
+    assert st["phase"] == "Restarting" and st["restarts"] == 1
+    restarting = next(c for c in st["conditions"] if c["type"] == "Restarting")
+    assert restarting["reason"] == "NodeLost"
+    assert restarting["message"].startswith(f"rank 1 (pod lost-1) lost with node {bad}: evicted by the taint manager")
+    stuck = api[0].read_namespaced_pod("lost-1", namespace)
+    assert stuck.metadata.deletion_timestamp and stuck.metadata.labels["razor.dev/attempt"] == "1"
+
+    # 5 s after its grace period the operator gives up on it: force-deleted, and attempt 2 is created.
+    pods = eventually(all_pods(api, namespace, "lost", 2, attempt=2), timeout=60, what="attempt 2's pods")
+    assert all({e.name: e.value for e in p.spec.containers[0].env}["RAZOR_ATTEMPT"] == "2" for p in pods)
+    note = f"rank 1 (pod lost-1) lost with node {bad}: not confirmed deleted 5s after its grace period; force-deleted"
+    forced = eventually(lambda: [(e.type, e.message) for e in events_of(api, namespace, "lost")
+                                 if e.reason == "ForceDeleted"], what="the ForceDeleted event")
+    assert forced == [("Warning", note)]
+    assert get_job(api, namespace, "lost")["status"]["message"].startswith(note)
+
+    # The gang runs again, on a node that answers.
+    run_on(api, namespace, "lost", {"lost-0": good, "lost-1": good}, attempt=2)
+    st = get_job(api, namespace, "lost")["status"]
+    assert (st["attempt"], st["restarts"]) == (2, 1)
+    assert [(r["rank"], r["node"]) for r in st["ranks"]] == [(0, good), (1, good)]
+
+
+def test_kubernetes_evicts_a_silent_nodes_pods_and_the_gang_runs_again_when_it_is_back(
+        api, cluster, namespace, operator, nodes):
+    flags = " ".join(cluster.flags["kube-controller-manager"])
+    if "node-lifecycle-controller" not in flags or "taint-eviction-controller" not in flags:
+        pytest.skip("the control plane runs no node lifecycle and taint eviction controllers")
+    create_job(api, namespace, "evict", nnodes=2, nodeLostTimeoutSeconds=2, terminationGracePeriodSeconds=3)
+    good, silent = nodes.add("good"), nodes.add("silent")
+    run_on(api, namespace, "evict", {"evict-0": good, "evict-1": silent}, attempt=1)
+
+    nodes.lose(silent)  # its heartbeats stop: kube-controller-manager does the rest
+    st = eventually(lambda: (s := get_job(api, namespace, "evict")["status"]).get("attempt") == 2 and s,
+                    timeout=90, what="the eviction of evict-1 and attempt 2")
+    taints = api[0].read_node(silent).spec.taints or []
+    assert ("node.kubernetes.io/unreachable", "NoExecute") in {(t.key, t.effect) for t in taints}
+    restarting = next(c for c in st["conditions"] if c["type"] == "Restarting")
+    assert restarting["reason"] == "NodeLost", restarting
+    assert restarting["message"].startswith(
+        f"rank 1 (pod evict-1) lost with node {silent}: evicted by the taint manager")
+
+    eventually(all_pods(api, namespace, "evict", 2, attempt=2), timeout=60, what="attempt 2's pods")
+    eventually(lambda: any(e.reason == "ForceDeleted" and f"lost with node {silent}" in e.message
+                           for e in events_of(api, namespace, "evict")), what="the ForceDeleted event")
+
+    nodes.back(silent)  # the node is back: its taint goes, and the gang runs on it again
+    eventually(lambda: not any(t.effect == "NoExecute" for t in api[0].read_node(silent).spec.taints or []),
+               timeout=60, what=f"the NoExecute taint of {silent} removed")
+    run_on(api, namespace, "evict", {"evict-0": good, "evict-1": silent}, attempt=2)
+    st = get_job(api, namespace, "evict")["status"]
+    assert (st["phase"], st["attempt"], st["restarts"]) == ("Running", 2, 1)
