@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,18 @@ def cmd_render(args: argparse.Namespace) -> int:
         from .backends import kubernetes
 
         fmt = "json" if args.output == "json" else "yaml"
-        sys.stdout.write(kubernetes.render(job, args.namespace or job.metadata.namespace or "default", fmt))
+        # The namespace as submit picks it, and the cluster's defaults as the operator applies them.
+        try:
+            cluster, ns = _cluster(args)
+            defaults, note = cluster.defaults(args.defaults_from or os.environ.get(kubernetes.DEFAULTS_ENV)
+                                              or kubernetes.DEFAULTS_LOCATION)
+        except kubernetes.KubeError as exc:
+            if args.defaults_from:
+                raise
+            ns, defaults, note = "default", {}, f"{exc}; showing razor's own defaults"
+        if note:
+            print(f"razorctl: note: {note}", file=sys.stderr)
+        sys.stdout.write(kubernetes.render(job, args.namespace or job.metadata.namespace or ns, fmt, defaults))
         return 0
     from .backends import local
 
@@ -208,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_backend(p)
     with_cluster(p)
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    p.add_argument("--defaults-from", metavar="NAMESPACE/NAME",
+                   help="Kubernetes: the ConfigMap with the cluster's RazorJob defaults (default: "
+                        "$RAZOR_DEFAULTS, else razor-system/razor-defaults, the chart's)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("validate", help="check a RazorJob file; print it with defaults filled")

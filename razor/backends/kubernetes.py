@@ -16,18 +16,34 @@ import yaml
 
 from .. import kube
 from ..crd import PLURAL
-from ..spec import GROUP, VERSION, RazorJob
+from ..spec import GROUP, VERSION, RazorJob, SpecError, parse_cluster_defaults, parse_job, with_cluster_defaults
 
 FINISHED = ("Succeeded", "Failed")
+#: Where the cluster's RazorJob defaults are (the ConfigMap the chart writes and razor-operator
+#: --defaults reads): NAMESPACE/NAME, from --defaults-from or $RAZOR_DEFAULTS, else the chart's
+#: own for the release "razor" in "razor-system". The chart lets every authenticated user read it.
+DEFAULTS_ENV = "RAZOR_DEFAULTS"
+DEFAULTS_LOCATION = "razor-system/razor-defaults"
+DEFAULTS_KEY = "defaults.yaml"
 
 
 class KubeError(RuntimeError):
     pass
 
 
-def render(job: RazorJob, namespace: str, fmt: str = "yaml") -> str:
-    """The Service and pods the operator would create (attempt 1, before a uid exists)."""
-    objs = kube.objects(job, namespace)
+def with_defaults(job: RazorJob, defaults: dict[str, Any]) -> RazorJob:
+    """The job as the operator sees it: what it sends (``to_dict(cluster_defaults=True)``) with
+    the cluster's defaults filled in, exactly as razor-operator --defaults does."""
+    if not defaults:
+        return job
+    doc = with_cluster_defaults(job.to_dict(cluster_defaults=True), defaults)
+    return parse_job(doc, f"RazorJob {job.name} with the cluster's defaults")
+
+
+def render(job: RazorJob, namespace: str, fmt: str = "yaml", defaults: dict[str, Any] | None = None) -> str:
+    """The Service and pods the operator would create (attempt 1, before a uid exists), with the
+    cluster's ``defaults`` for the fields the job leaves out."""
+    objs = kube.objects(with_defaults(job, defaults or {}), namespace)
     if fmt == "json":
         return json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2) + "\n"
     return yaml.safe_dump_all(objs, sort_keys=False)
@@ -64,6 +80,30 @@ class Cluster:
             raise KubeError(f"{what}: {detail}") from None
         except HTTPError as exc:
             raise KubeError(f"{what}: cannot reach the API server ({exc})") from None
+
+    def defaults(self, location: str) -> tuple[dict[str, Any], str | None]:
+        """The cluster's RazorJob defaults from the ConfigMap ``location`` (NAMESPACE/NAME), and a
+        note for the user when there are none to read (then razor's own defaults apply)."""
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        ns, _, name = location.partition("/")
+        if not ns or not name:
+            raise KubeError(f"--defaults-from {location!r}: expected NAMESPACE/NAME of a ConfigMap")
+        try:
+            cm = self.core.read_namespaced_config_map(name, ns)
+        except ApiException as exc:
+            why = {403: "not allowed to read it", 404: "no such ConfigMap"}.get(exc.status, exc.reason)
+            return {}, f"the cluster's RazorJob defaults ({location}): {why}; showing razor's own defaults"
+        except HTTPError as exc:
+            return {}, f"cannot reach the API server ({exc}); showing razor's own defaults"
+        text = (cm.data or {}).get(DEFAULTS_KEY)
+        if text is None:
+            return {}, f"ConfigMap {location} has no {DEFAULTS_KEY}; showing razor's own defaults"
+        try:
+            return parse_cluster_defaults(yaml.safe_load(text), f"ConfigMap {location}"), None
+        except (SpecError, yaml.YAMLError) as exc:
+            raise KubeError(f"the cluster's RazorJob defaults in ConfigMap {location} are invalid:\n{exc}") from None
 
     def submit(self, job: RazorJob, namespace: str) -> dict[str, Any]:
         body = job.to_dict(cluster_defaults=True)  # what the job leaves out, the cluster fills in
@@ -142,7 +182,8 @@ def describe(obj: dict[str, Any]) -> str:
     for rank in st.get("ranks") or []:
         code = f" exit code {rank['exitCode']}" if "exitCode" in rank else ""
         why = f" ({rank['reason']})" if rank.get("reason") else ""
-        lines.append(f"  rank {rank['rank']}: {rank.get('pod', '')} {rank.get('phase', '')}{code}{why}")
+        node = f" on node {rank['node']}" if rank.get("node") else ""
+        lines.append(f"  rank {rank['rank']}: {rank.get('pod', '')} {rank.get('phase', '')}{code}{why}{node}")
     for cond in st.get("conditions") or []:
         lines.append(f"  condition {cond['type']}={cond['status']} ({cond.get('reason', '')}) "
                      f"{cond.get('message', '')}".rstrip())

@@ -96,3 +96,44 @@ def test_clear_errors(cluster, namespace):
     assert res.returncode == 1 and "already exists" in res.stderr
     res = razorctl(cluster, "logs", "digits-kd", "-n", namespace, "--rank", "5")
     assert res.returncode == 1 and "logs of pod" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_render_uses_the_cluster_defaults_and_the_namespace_submit_would_use(cluster, tmp_path):
+    """render prints what the operator would create: the cluster's defaults (the chart's ConfigMap,
+    as razor-operator --defaults reads it) for the fields the job leaves out, and the kubeconfig
+    context's namespace when neither -n nor the file names one (as submit)."""
+    ns = "razor-system"
+    cluster.kubectl("create", "namespace", ns, check=False)
+    defaults = {"image": "registry.example.com:5000/team/razor-trainer:0.1.0",
+                "cpuImage": "registry.example.com:5000/team/razor-trainer:0.1.0-cpu",
+                "terminationGracePeriodSeconds": 45}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "razor-defaults", "namespace": ns},
+          "data": {"defaults.yaml": yaml.safe_dump(defaults)}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(cm))
+    try:
+        out = razorctl(cluster, "render", str(EXAMPLE))
+        assert out.returncode == 0, out.stderr
+        svc, pod0, _ = yaml.safe_load_all(out.stdout)
+        assert svc["metadata"]["namespace"] == "default"  # the context's namespace
+        assert pod0["spec"]["containers"][0]["image"] == defaults["cpuImage"]  # a CPU job
+        assert pod0["spec"]["terminationGracePeriodSeconds"] == 45
+        env = {e["name"]: e["value"] for e in pod0["spec"]["containers"][0]["env"]}
+        assert env["MASTER_ADDR"] == "digits-kd-0.digits-kd.default.svc"
+        # A field the job sets is its own.
+        job = yaml.safe_load(EXAMPLE.read_text())
+        job["spec"]["image"] = "mine:1"
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+        out = razorctl(cluster, "render", str(tmp_path / "job.yaml"), "-n", "other")
+        pod0 = list(yaml.safe_load_all(out.stdout))[1]
+        assert pod0["spec"]["containers"][0]["image"] == "mine:1"
+        assert pod0["metadata"]["namespace"] == "other"
+    finally:
+        cluster.kubectl("delete", "configmap", "razor-defaults", "-n", ns)
+    # No defaults to read: razor's own, and a note that says so.
+    out = razorctl(cluster, "render", str(EXAMPLE))
+    assert out.returncode == 0
+    assert "razorctl: note: the cluster's RazorJob defaults (razor-system/razor-defaults): no such ConfigMap" \
+        in out.stderr
+    assert list(yaml.safe_load_all(out.stdout))[1]["spec"]["containers"][0]["image"] == "razor-trainer:0.1.0-cpu"
+    bad = razorctl(cluster, "render", str(EXAMPLE), "--defaults-from", "nonsense")
+    assert bad.returncode != 0 and "expected NAMESPACE/NAME" in bad.stderr
