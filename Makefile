@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.razor-installed
 PYTEST_ARGS ?=
 
-.PHONY: install k8s-binaries helm-binary slurm-cluster images-tools demo test test-local bench clean
+.PHONY: install k8s-binaries helm-binary slurm-cluster images-tools node-tools images push-images demo test test-local bench clean
 
 install: $(STAMP)
 
@@ -40,10 +40,47 @@ slurm-cluster:
 images-tools:
 	@scripts/image-base.sh >/dev/null
 
+# What the test cluster's real node needs besides kubelet and kube-proxy: Debian's containerd,
+# runc, CNI plugins, iptables, conntrack; CoreDNS built from its Go module and the pod sandbox
+# image, cached in ~/.cache/razor/node (scripts/node-tools.sh).
+node-tools:
+	@scripts/node-tools.sh >/dev/null
+
+# The container images for a real cluster (images/README.md): the operator, the trainer (CUDA)
+# and its CPU variant, tagged $(IMAGE_REPO)/razor-operator:$(VERSION),
+# $(IMAGE_REPO)/razor-trainer:$(VERSION) and $(IMAGE_REPO)/razor-trainer:$(VERSION)-cpu (no
+# IMAGE_REPO: razor-operator:$(VERSION) and so on, the names the chart and razor/spec.py use).
+# podman when present, else docker; ENGINE=docker picks one. WHEELS=DIR builds from a wheelhouse
+# (scripts/image-wheels.sh); IMAGE_BUILD_FLAGS adds flags (e.g. --isolation chroot).
+# `make push-images IMAGE_REPO=registry.example.com/team` pushes the three.
+IMAGE_REPO ?=
+VERSION    ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
+ENGINE     ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+CPU_BASE_IMAGE ?= debian:bookworm-20250520-slim
+WHEELS     ?=
+IMAGE_PREFIX := $(if $(IMAGE_REPO),$(patsubst %/,%,$(IMAGE_REPO))/)
+OPERATOR_IMAGE := $(IMAGE_PREFIX)razor-operator:$(VERSION)
+TRAINER_IMAGE  := $(IMAGE_PREFIX)razor-trainer:$(VERSION)
+TRAINER_CPU_IMAGE := $(IMAGE_PREFIX)razor-trainer:$(VERSION)-cpu
+IMAGE_BUILD_FLAGS ?=
+BUILD := $(ENGINE) build$(if $(WHEELS), --build-context wheels=$(WHEELS))$(if $(IMAGE_BUILD_FLAGS), $(IMAGE_BUILD_FLAGS))
+
+images:
+	$(BUILD) -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	$(BUILD) -f images/trainer/Dockerfile --build-arg VARIANT=cuda -t $(TRAINER_IMAGE) .
+	$(BUILD) -f images/trainer/Dockerfile --build-arg VARIANT=cpu \
+	  --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) -t $(TRAINER_CPU_IMAGE) .
+
+push-images:
+	@test -n "$(IMAGE_REPO)" || { echo "make push-images: give the registry, e.g. IMAGE_REPO=registry.example.com/team" >&2; exit 2; }
+	$(ENGINE) push $(OPERATOR_IMAGE)
+	$(ENGINE) push $(TRAINER_IMAGE)
+	$(ENGINE) push $(TRAINER_CPU_IMAGE)
+
 demo: install
 	$(VENV)/bin/razorctl submit --local examples/razorjob-digits-kd.yaml
 
-test: install k8s-binaries helm-binary slurm-cluster images-tools
+test: install k8s-binaries helm-binary slurm-cluster images-tools node-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-local: install

@@ -36,7 +36,7 @@ import yaml
 
 from conftest import eventually
 from kube_cluster import ROOT, ControlPlane
-from razor.spec import CLUSTER_DEFAULTS, DEFAULT_IMAGE, parse_cluster_defaults, parse_job
+from razor.spec import CLUSTER_DEFAULTS, DEFAULT_CPU_IMAGE, DEFAULT_IMAGE, parse_cluster_defaults, parse_job
 from k8s.conftest import namespace_name
 
 from .conftest import CHART, Helm
@@ -58,6 +58,18 @@ JOB_RULES = {
     ("", "services", "get"), ("", "services", "create"),
     ("", "events", "create"),
 }
+# The users' ClusterRoles (rbac.userRoles), aggregated into the built-in admin/edit and view.
+USER_EDIT_RULES = {
+    *{("razor.dev", "razorjobs", v) for v in ("create", "get", "list", "watch", "update", "patch", "delete")},
+    *{("", r, v) for r in ("pods", "pods/log") for v in ("get", "list", "watch")},
+}
+USER_VIEW_RULES = {
+    *{("razor.dev", "razorjobs", v) for v in ("get", "list", "watch")},
+    *{("", r, v) for r in ("pods", "pods/log") for v in ("get", "list", "watch")},
+}
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+USER_ROLES = [("ClusterRole", "razor-edit", None), ("ClusterRole", "razor-view", None),
+              ("Role", "razor-defaults-reader", SYSTEM_NS), ("RoleBinding", "razor-defaults-reader", SYSTEM_NS)]
 # What kopf observes cluster-wide: CRDs always, namespaces only when it is given namespaces.
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_RULES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
@@ -81,7 +93,9 @@ def triples(role: dict) -> set[tuple[str, str, str]]:
     """A (Cluster)Role's rules as (apiGroup, resource, verb)."""
     out = set()
     for rule in role["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule   # no resourceNames/URLs
+        # No URLs; resourceNames only on the defaults reader's one rule (checked where it is used).
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        assert "resourceNames" not in rule or rule["resources"] == ["configmaps"], rule
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 for v in rule["verbs"]:
@@ -301,10 +315,14 @@ def test_the_crd_is_a_symbolic_link_to_the_repository_crd_and_helm_follows_it(he
 def test_default_render(helm: Helm):
     objs = helm.template()
     assert kinds(objs) == [
+        ("ClusterRole", "razor-edit", None),
         ("ClusterRole", "razor-operator", None),
+        ("ClusterRole", "razor-view", None),
         ("ClusterRoleBinding", "razor-operator", None),
         ("ConfigMap", "razor-defaults", SYSTEM_NS),
         ("Deployment", "razor-operator", SYSTEM_NS),
+        ("Role", "razor-defaults-reader", SYSTEM_NS),
+        ("RoleBinding", "razor-defaults-reader", SYSTEM_NS),
         ("Service", "razor-operator-metrics", SYSTEM_NS),
         ("ServiceAccount", SA, SYSTEM_NS),
     ]
@@ -338,7 +356,7 @@ def test_default_render(helm: Helm):
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
                                      "protocol": "TCP"}]
     # Cluster-wide: one ClusterRole with everything, bound to the ServiceAccount.
-    assert triples(one(objs, "ClusterRole")) == JOB_RULES | CRD_RULES
+    assert triples(one(objs, "ClusterRole", "razor-operator")) == JOB_RULES | CRD_RULES
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": "razor-operator"}
@@ -352,12 +370,16 @@ def test_non_default_render(helm: Helm):
                                  "resources.limits.cpu=1", "defaults.image=registry.local/razor-trainer:2",
                                  "defaults.priorityClassName=batch"])
     assert kinds(objs) == [
+        ("ClusterRole", "razor-edit", None),
         ("ClusterRole", "razor-operator", None),
+        ("ClusterRole", "razor-view", None),
         ("ClusterRoleBinding", "razor-operator", None),
         ("ConfigMap", "razor-defaults", SYSTEM_NS),
         ("Deployment", "razor-operator", SYSTEM_NS),
+        ("Role", "razor-defaults-reader", SYSTEM_NS),
         ("Role", "razor-operator", "team-a"),
         ("Role", "razor-operator", "team-b"),
+        ("RoleBinding", "razor-defaults-reader", SYSTEM_NS),
         ("RoleBinding", "razor-operator", "team-a"),
         ("RoleBinding", "razor-operator", "team-b"),
         ("ServiceAccount", SA, SYSTEM_NS),
@@ -369,8 +391,9 @@ def test_non_default_render(helm: Helm):
                          "--standalone", "--workers=32", "--host-port-range=29500-32767",
                          "--defaults=/etc/razor/defaults.yaml", "--verbose"]
     assert yaml.safe_load(one(objs, "ConfigMap")["data"]["defaults.yaml"]) == {
-        "image": "registry.local/razor-trainer:2", "priorityClassName": "batch", "port": 29500,
-        "backoffLimit": 3, "masterAddrTimeoutSeconds": 300}
+        "image": "registry.local/razor-trainer:2", "cpuImage": DEFAULT_CPU_IMAGE,
+        "priorityClassName": "batch", "port": 29500, "backoffLimit": 3, "masterAddrTimeoutSeconds": 300,
+        "terminationGracePeriodSeconds": 120}
     # Other defaults, another checksum: `helm upgrade` restarts the operator to read them.
     annotation = "razor.dev/defaults-checksum"
     checksum = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
@@ -380,7 +403,7 @@ def test_non_default_render(helm: Helm):
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "system"}
     # Namespaced: the job rules in a Role per watched namespace, bound there to the
     # ServiceAccount; cluster-wide only what kopf observes.
-    assert triples(one(objs, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES
+    assert triples(one(objs, "ClusterRole", "razor-operator")) == CRD_RULES | NAMESPACE_RULES
     for ns in ("team-a", "team-b"):
         role = [o for o in objs if o["kind"] == "Role" and o["metadata"]["namespace"] == ns][0]
         assert triples(role) == JOB_RULES
@@ -400,6 +423,39 @@ def test_an_existing_service_account(helm: Helm):
     assert not [o for o in objs if "rbac" in o["apiVersion"]]
 
 
+@pytest.mark.parametrize("values", [[], NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_the_users_roles_are_aggregated_into_admin_edit_and_view(helm: Helm, values: list[str]):
+    objs = helm.template(values=values)
+    edit, view = one(objs, "ClusterRole", "razor-edit"), one(objs, "ClusterRole", "razor-view")
+    assert triples(edit) == USER_EDIT_RULES and triples(view) == USER_VIEW_RULES
+    aggregated = {name: {k.removeprefix(AGGREGATE) for k, v in role["metadata"]["labels"].items()
+                         if k.startswith(AGGREGATE) and v == "true"}
+                  for name, role in (("edit", edit), ("view", view))}
+    assert aggregated == {"edit": {"admin", "edit"}, "view": {"view"}}
+    # The chart binds no one to them: the cluster's bindings of admin, edit and view decide who.
+    assert not [b for b in objs if b["kind"].endswith("Binding") and b["roleRef"]["name"] in
+                ("razor-edit", "razor-view")]
+    # Switched off: gone, and nothing else changes.
+    off = helm.template(values=[*values, "rbac.userRoles=false"])
+    assert kinds(off) == [k for k in kinds(objs) if k not in USER_ROLES]
+
+
+def test_qualified_image_names_and_digests(helm: Helm):
+    """Registry hosts with ports, paths and digests, for the operator's image and the trainer's."""
+    digest = "sha256:" + "0123456789abcdef" * 4
+    repo = "registry.example.com:5000/team"
+    trainer, cpu = f"{repo}/razor-trainer:0.1.0", f"{repo}/razor-trainer@{digest}"
+    objs = helm.template(values=[f"image.repository={repo}/razor-operator", f"defaults.image={trainer}",
+                                 f"defaults.cpuImage={cpu}"])
+    assert operator_container(objs)["image"] == f"{repo}/razor-operator:0.1.0"
+    defaults = yaml.safe_load(one(objs, "ConfigMap")["data"]["defaults.yaml"])
+    assert (defaults["image"], defaults["cpuImage"]) == (trainer, cpu)
+    assert parse_cluster_defaults(defaults) == defaults          # the operator takes them
+    pinned = helm.template(values=[f"image.repository={repo}/razor-operator", f"image.digest={digest}",
+                                   "image.tag=0.1.0"])
+    assert operator_container(pinned)["image"] == f"{repo}/razor-operator@{digest}"   # the digest wins
+
+
 @pytest.mark.parametrize("values", [
     [], NAMESPACED, ["peering.enabled=true", "replicas=2"],
     ["peering.enabled=true", "watchNamespaces={team-a}"],
@@ -417,7 +473,11 @@ def test_rbac_has_no_secrets_no_wildcards_no_escalation(helm: Helm, values: list
             assert verb in allowed_verbs, (verb, role["rules"])          # no escalate/bind/impersonate
             assert resource not in ("roles", "clusterroles", "rolebindings", "clusterrolebindings",
                                     "serviceaccounts", "serviceaccounts/token", "pods/exec",
-                                    "nodes", "configmaps"), resource
+                                    "nodes"), resource
+            if resource == "configmaps":  # only `get` of the defaults ConfigMap, for razorctl render
+                assert role["kind"] == "Role" and role["rules"] == [
+                    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["razor-defaults"],
+                     "verbs": ["get"]}], role
     for binding in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
         assert binding["roleRef"]["name"] not in ("cluster-admin", "admin", "edit")
     peering = {t for role in roles for t in triples(role) if t[0] == "kopf.dev"}
@@ -443,9 +503,15 @@ def test_rbac_has_no_secrets_no_wildcards_no_escalation(helm: Helm, values: list
     (["--set", "defaults.image="], "at '/defaults/image'"),
     (["--set", "defaults.backofLimit=1"], "at '/defaults': additional properties 'backofLimit' not allowed"),
     (["--set", "defaults.port=80"], "at '/defaults/port'"),
+    (["--set", "defaults.cpuImage=razor trainer"], "at '/defaults/cpuImage'"),
+    (["--set", "defaults.terminationGracePeriodSeconds=0"], "at '/defaults/terminationGracePeriodSeconds'"),
+    (["--set", "image.repository=razor-operator:0.1.0"], "at '/image/repository'"),   # the tag goes in image.tag
+    (["--set", "image.digest=0.1.0"], "at '/image/digest'"),
+    (["--set", "rbac.userRoles=maybe"], "at '/rbac/userRoles'"),
 ], ids=["replicas-word", "unknown-key", "replicas-2-standalone", "image-typo", "pull-policy",
         "metrics-port-0", "namespace-not-dns", "namespaces-not-list", "empty-trainer-image",
-        "defaults-typo", "defaults-port-80"])
+        "defaults-typo", "defaults-port-80", "cpu-image-space", "grace-0", "repository-with-tag",
+        "digest-not-a-digest", "user-roles-word"])
 def test_a_schema_violation_fails_with_a_clear_message(helm: Helm, args: list[str], message: str):
     out = helm.run("template", RELEASE, str(CHART), *args, check=False)
     assert out.returncode != 0, out.stdout[:2000]
@@ -469,8 +535,12 @@ def test_values_defaults_are_razors_own_and_the_operator_accepts_them(helm: Helm
     crd = yaml.safe_load(CRD_FILE.read_text())
     props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())["defaults"]
-    model = parse_job(json.loads(job_doc("x", "default"))).to_dict()["spec"]
-    assert values == {k: model[k] for k in ("image", "port", "backoffLimit", "masterAddrTimeoutSeconds")}
+    model = parse_job(json.loads(job_doc("x", "default", gpusPerNode=1))).to_dict()["spec"]
+    cpu = parse_job(json.loads(job_doc("x", "default"))).to_dict()["spec"]
+    assert values == {**{k: model[k] for k in ("image", "port", "backoffLimit", "masterAddrTimeoutSeconds",
+                                               "terminationGracePeriodSeconds")},
+                      "cpuImage": cpu["image"]}
+    assert (values["image"], values["cpuImage"]) == (DEFAULT_IMAGE, DEFAULT_CPU_IMAGE)
     assert not [k for k in CLUSTER_DEFAULTS if "default" in props[k]]
     cm = one(helm.template(), "ConfigMap", "razor-defaults")
     assert parse_cluster_defaults(yaml.safe_load(cm["data"]["defaults.yaml"])) == values
@@ -497,6 +567,8 @@ def test_install_brings_the_crd_and_the_operator(installed, helm: Helm, cluster:
     assert "STATUS: deployed" in installed.stdout, installed.stdout
     assert f"kubectl -n {SYSTEM_NS} logs -f deployment/razor-operator" in installed.stdout
     assert "razorctl submit examples/razorjob-digits-kd.yaml" in installed.stdout
+    assert f"runs {DEFAULT_IMAGE} with GPUs, {DEFAULT_CPU_IMAGE} on CPU" in installed.stdout
+    assert "through the ClusterRoles razor-edit and razor-view" in installed.stdout
     crd = get_json(cluster, "crd", CRD_NAME)
     established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert established.get("Established") == "True"
@@ -572,15 +644,63 @@ def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
     check_can_i(cluster, SA_USER, allowed, denied)
 
 
+def test_users_with_edit_run_razorjobs_and_users_with_view_read_them(
+        installed, cluster: ControlPlane, namespace: str):
+    """The built-in admin, edit and view ClusterRoles, bound in one namespace, carry the chart's
+    user roles once kube-controller-manager's clusterrole-aggregation controller has run."""
+    ns, other = namespace, "default"
+    for user, role in (("alice", "edit"), ("bob", "view"), ("carol", "admin")):
+        cluster.kubectl("create", "rolebinding", f"{user}-{role}", "-n", ns, f"--clusterrole={role}",
+                        f"--user={user}")
+    eventually(lambda: can_i(cluster, "alice", "create", "razorjobs.razor.dev", ns), 60,
+               "the aggregation of razor-edit into edit")
+    eventually(lambda: can_i(cluster, "bob", "list", "razorjobs.razor.dev", ns), 60,
+               "the aggregation of razor-view into view")
+    edit = [(v, "razorjobs.razor.dev", ns) for v in ("create", "get", "list", "watch", "update", "patch", "delete")]
+    read = [("get", "pods", ns), ("list", "pods", ns), ("get", "pods", ns, "log")]
+    check_can_i(cluster, "alice", allowed=edit + read,
+                denied=[("create", "razorjobs.razor.dev", other), ("get", "pods", other, "log"),
+                        ("patch", "razorjobs.razor.dev", ns, "status")])
+    check_can_i(cluster, "carol", allowed=edit + read, denied=[("create", "razorjobs.razor.dev", other)])
+    check_can_i(cluster, "bob",
+                allowed=[(v, "razorjobs.razor.dev", ns) for v in ("get", "list", "watch")] + read,
+                denied=[(v, "razorjobs.razor.dev", ns) for v in ("create", "update", "patch", "delete")]
+                + [("list", "razorjobs.razor.dev", other)])
+    # And for real: alice submits a RazorJob, bob reads it and cannot delete it.
+    cluster.kubectl("apply", "-f", "-", "--as=alice", input=job_doc("alices", ns))
+    assert cluster.kubectl("get", "razorjob", "alices", "-n", ns, "--as=bob", "-o", "name").stdout.strip() \
+        == "razorjob.razor.dev/alices"
+    out = cluster.kubectl("delete", "razorjob", "alices", "-n", ns, "--as=bob", check=False)
+    assert out.returncode != 0 and "forbidden" in out.stderr, out.stderr
+    # alice cancels it (no operator later finds it in a namespace being deleted).
+    cluster.kubectl("delete", "razorjob", "alices", "-n", ns, "--as=alice", "--wait=true")
+    assert get_json(cluster, "razorjob", "alices", "-n", ns) is None
+
+
+def test_every_user_may_read_the_cluster_defaults_and_nothing_else_there(installed, cluster: ControlPlane):
+    """razorctl render shows what the operator creates, with the cluster's defaults: any
+    authenticated user (dave has no binding at all) may get that one ConfigMap, nothing more."""
+    dave = ["--as=dave", "--as-group=system:authenticated"]
+    out = cluster.kubectl("get", "configmap", "razor-defaults", "-n", SYSTEM_NS, "-o", "json", *dave)
+    assert "defaults.yaml" in json.loads(out.stdout)["data"]
+    for args in (["get", "configmap", "kube-root-ca.crt", "-n", SYSTEM_NS], ["get", "configmaps", "-n", SYSTEM_NS]):
+        out = cluster.kubectl(*args, *dave, check=False)
+        assert out.returncode != 0 and "forbidden" in out.stderr, out.stderr
+
+
 def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: str,
-                                image: str = DEFAULT_IMAGE) -> None:
+                                image: str = DEFAULT_CPU_IMAGE) -> None:
     """A 2-node job with a clock: pods, Service, status, a rank failure (the gang is deleted and
     created again), success, then the ttl deletes the job. Every API call the operator makes.
-    The job names no image: its pods run the release's ``defaults.image``."""
+    The job (on CPU) names no image: its pods run the release's ``defaults.cpuImage``, with the
+    release's grace and no service account token."""
     cluster.kubectl("apply", "-f", "-", input=job_doc("kd", ns, nnodes=2, ttlSecondsAfterFinished=1))
     first = eventually(lambda: len(p := pods(cluster, ns, "kd", attempt=1)) == 2 and p, 60, "2 pods")
     assert [p["metadata"]["name"] for p in first] == ["kd-0", "kd-1"]
     assert [c["image"] for p in first for c in p["spec"]["containers"]] == [image, image]
+    assert [p["spec"]["terminationGracePeriodSeconds"] for p in first] == [120, 120]
+    assert [p["spec"]["automountServiceAccountToken"] for p in first] == [False, False]
+    assert not [v for p in first for v in p["spec"]["volumes"] if v["name"].startswith("kube-api-access")]
     assert "image" not in get_json(cluster, "razorjob", "kd", "-n", ns)["spec"]
     assert eventually(lambda: status(cluster, ns, "kd").get("phase"), 30, "a phase") == "Pending"
     assert get_json(cluster, "service", "kd", "-n", ns)["spec"]["clusterIP"] == "None"
@@ -624,7 +744,8 @@ def test_a_namespaced_install_runs_jobs_only_in_its_namespaces(
     try:
         out = helm.run("install", "razor-ns", str(CHART), "--namespace", system, "--create-namespace",
                        "--set", f"watchNamespaces={{{watched}}}", "--set", "metrics.enabled=false",
-                       "--set", "defaults.image=registry.local/razor-trainer:9", cluster=cluster)
+                       "--set", "defaults.image=registry.local/razor-trainer:9",
+                       "--set", "defaults.cpuImage=registry.local/razor-trainer:9-cpu", cluster=cluster)
         assert f"runs RazorJobs in the namespaces {watched}." in out.stdout, out.stdout
         assert get_json(cluster, "role", "razor-ns-operator", "-n", watched) is not None
         assert get_json(cluster, "role", "razor-ns-operator", "-n", other) is None
@@ -646,7 +767,7 @@ def test_a_namespaced_install_runs_jobs_only_in_its_namespaces(
         assert f"--namespace={watched}" in args and not any(a.startswith("--metrics") for a in args)
         with OperatorProcess(manifest, kubeconfig, tmp_path / "operator.log") as op:
             cluster.kubectl("apply", "-f", "-", input=job_doc("elsewhere", other, nnodes=2))
-            run_a_gang_through_its_life(cluster, op, watched, image="registry.local/razor-trainer:9")
+            run_a_gang_through_its_life(cluster, op, watched, image="registry.local/razor-trainer:9-cpu")
             # The job in the namespace it does not watch: untouched.
             assert pods(cluster, other, "elsewhere") == [] and status(cluster, other, "elsewhere") == {}
             op.assert_clean_log()
@@ -667,6 +788,7 @@ def test_uninstall(installed, helm: Helm, cluster: ControlPlane):
                            ("service", "razor-operator-metrics", SYSTEM_NS),
                            ("configmap", "razor-defaults", SYSTEM_NS),
                            ("clusterrole", "razor-operator", None),
+                           ("clusterrole", "razor-edit", None), ("clusterrole", "razor-view", None),
                            ("clusterrolebinding", "razor-operator", None)]:
         assert get_json(cluster, kind, name, *(["-n", ns] if ns else [])) is None, f"{kind}/{name}"
     assert get_json(cluster, "crd", CRD_NAME) is not None
