@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Test folders whose tests need a real system; each folder's name is its pytest marker.
-SYSTEM_FOLDERS = ("k8s", "slurm", "helm", "images")
+SYSTEM_FOLDERS = ("k8s", "slurm", "helm", "images", "node")
 CONFIGS = ROOT / "trainer" / "configs"
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -15,8 +15,9 @@ admin is a bearer token (group ``system:masters``) from a token file; a kubeconf
 By default there is no kubelet and no scheduler: pods are stored, never run. The controller manager
 then runs only the garbage collector (ownerReferences), the namespace controller (deleting a
 namespace deletes its contents), the service-account controllers (the ``default`` ServiceAccount of
-each namespace, which pod admission needs, and service-account token secrets) and the ClusterRole
-aggregation. tests/kube_node.py starts it with ``bind_address`` on the node network's host side,
+each namespace, which pod admission needs, and service-account token secrets), the ClusterRole
+aggregation, and the node lifecycle and taint eviction controllers (Node objects whose heartbeats
+stop are tainted, their pods evicted). tests/kube_node.py starts it with ``bind_address`` on the node network's host side,
 every default controller (``controllers=("*",)``) and ``scheduler=True``, for a real node.
 
 CRDs passed as ``crds`` are applied (``kubectl apply -f``) and waited for (Established) *before* the
