@@ -113,6 +113,29 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents before their children."""
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop(0))
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, everything below it and their process groups. torchrun starts each worker
+    in a session of its own, so killing torchrun's process group alone would leave the training
+    processes running; the tree is read first, since a killed parent's children move to init."""
+    tree = [pid, *descendants(pid)]
+    for target in tree:
+        for kill in (os.killpg, os.kill):  # the group where target leads one, then the process
+            try:
+                kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def run(args: list[str], environ: dict[str, str] | None = None) -> int:
     environ = dict(os.environ if environ is None else environ)
     if args and args[0] == "--":
@@ -160,10 +183,7 @@ def run(args: list[str], environ: dict[str, str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             if stopping and time.monotonic() - stopping["since"] > grace:
                 log(f"training processes still running {grace:g}s after the stop signal; killing them")
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill_tree(proc.pid)
     if stopping and code != 0:
         return EXIT_PREEMPTED
     return code if code >= 0 else 128 - code

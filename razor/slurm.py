@@ -5,6 +5,11 @@ torchrun once with ``NODE_RANK=$SLURM_NODEID``; never a task per GPU plus torchr
 the first host of ``$SLURM_JOB_NODELIST``; the port is derived from the job id unless the spec
 fixes one (29500 is not assumed: jobs sharing a node would collide on it). Every value from the spec reaches the script
 through ``shlex.quote`` (or a checked ``#SBATCH`` word): nothing in a spec can run as shell.
+
+SLURM sends USR2 to every node ``spec.terminationGracePeriodSeconds`` before the time limit
+(``--signal=USR2@<grace>``): razor.node stops the training within RAZOR_STOP_GRACE (the grace
+minus 10 s), so the checkpoint is saved and the job requeued before SLURM's SIGTERM and, KillWait
+later, SIGKILL.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from .launcher import EXIT_PREEMPTED, node_argv, node_env, requested_port
-from .spec import RazorJob
+from .spec import FieldError, RazorJob, SpecError
 
 #: Derived ports: 20000 + job id modulo this span (distinct for jobs submitted near each other).
 PORT_BASE, PORT_SPAN = 20000, 20000
@@ -22,8 +27,52 @@ RUNTIME_ENV = ("MASTER_ADDR", "PET_MASTER_ADDR", "MASTER_PORT", "PET_MASTER_PORT
                "PET_NODE_RANK", "RAZOR_ATTEMPT")
 
 
+#: The most seconds before its time limit that sbatch --signal can signal a job.
+MAX_SIGNAL_LEAD = 65535
+
+
 class UnsafeValue(ValueError):
     pass
+
+
+def time_limit_seconds(limit: str) -> int | None:
+    """A SLURM time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``) in
+    seconds; None for no limit (``UNLIMITED``, ``INFINITE``, ``0``)."""
+    if limit.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:  # hours[:minutes[:seconds]]
+        parts += [0] * (3 - len(parts))
+        seconds = int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    elif len(parts) == 3:
+        seconds = parts[0] * 3600 + parts[1] * 60 + parts[2]
+    else:  # minutes[:seconds]
+        seconds = parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+    return seconds or None
+
+
+def signal_lead(job: RazorJob) -> int:
+    """Seconds before the time limit that SLURM sends USR2 (``--signal=USR2@N``): the job's grace,
+    within which razor.node saves the checkpoint and exits 75 (RAZOR_STOP_GRACE, 10 s less) and the
+    script requeues the job. SLURM may send it up to 60 s earlier, never later."""
+    spec = job.spec
+    lead = spec.termination_grace_period_seconds
+    errors = []
+    if lead > MAX_SIGNAL_LEAD:
+        errors.append(FieldError("spec.terminationGracePeriodSeconds",
+                                 f"SLURM can signal a job at most {MAX_SIGNAL_LEAD} s before its time limit "
+                                 f"(sbatch --signal); got {lead}"))
+    limit = time_limit_seconds(spec.slurm.time) if spec.slurm.time else None
+    if limit is not None and limit <= lead:
+        errors.append(FieldError("spec.slurm.time",
+                                 f"the time limit ({spec.slurm.time}, {limit} s) must be longer than "
+                                 f"spec.terminationGracePeriodSeconds ({lead} s): SLURM asks the job to "
+                                 "checkpoint and stop that long before its limit, so it would stop (and "
+                                 "requeue) as soon as it starts"))
+    if errors:
+        raise SpecError(f"RazorJob {job.name}", errors, "a RazorJob SLURM can run")
+    return lead
 
 
 def _directive_value(field: str, value: str) -> str:
@@ -60,7 +109,7 @@ def directives(job: RazorJob, cwd: str) -> list[str]:
               f"--output={_directive_value('spec.workDir', logs)}/%x-%j.out",
               f"--error={logs}/%x-%j.err",
               "--open-mode=append",  # a requeued job adds to its logs instead of erasing them
-              "--requeue", "--signal=USR2@90"]
+              "--requeue", f"--signal=USR2@{signal_lead(job)}"]
     return [f"#SBATCH {line}" for line in lines]
 
 

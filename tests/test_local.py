@@ -7,13 +7,15 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONFIGS, DATA, razorctl, razorctl_popen, write_job
+from conftest import CONFIGS, DATA, env_for_tests, razorctl, razorctl_popen, write_job
 
 pytestmark = pytest.mark.local
 
@@ -135,7 +137,8 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_submit_resumes(tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out
-    assert "razor: SIGINT: stopping all nodes (they save a checkpoint first)" in out
+    assert "razor: SIGINT: stopping all nodes (they save a checkpoint first); what is still running after " \
+        "120s is killed" in out
     assert "stopping on SIGTERM: checkpoint" in out
     assert "submit it again to resume from its last checkpoint" in out
     saved = last_checkpoint(wd)
@@ -147,6 +150,81 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_submit_resumes(tmp_path: Path):
     res = razorctl("submit", "--local", str(resume), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"resumed from {saved}" in res.stdout
+
+
+#: Runs the supervisor of a job's plan, each node being tests/data/slow_stop.py itself (no torchrun,
+#: no razor.node: their own stop grace is razor.node's test), so that the supervisor's is seen alone.
+SUPERVISE = """
+import sys
+from pathlib import Path
+from razor.backends.local import Supervisor, plan
+from razor.launcher import NodeLaunch
+from razor.spec import load_job
+
+p = plan(load_job(sys.argv[1]), Path.cwd(), port=29999)
+p.nodes[:] = [NodeLaunch(n.rank, n.env, [sys.executable, sys.argv[2]]) for n in p.nodes]
+supervisor = Supervisor(p)
+print(f"grace {supervisor.grace:g}", flush=True)
+sys.exit(supervisor.run())
+"""
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not there yet, or half written
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("grace, save", [(8, 3), (3, 60)], ids=["save-fits-the-grace", "save-too-slow"])
+def test_ctrl_c_gives_the_nodes_the_jobs_grace_then_kills_them(tmp_path: Path, grace: int, save: int):
+    """After Ctrl-C each node has the job's terminationGracePeriodSeconds to save its checkpoint:
+    a save that fits is not cut short; a node still running after it is killed, with the
+    process it started in a session of its own (as torchrun starts its workers)."""
+    job = write_job(tmp_path / "slow.yaml", "slow", script=str(DATA / "slow_stop.py"), nnodes=2,
+                    workDir=str(tmp_path / "wd"), terminationGracePeriodSeconds=grace,
+                    env={"SLOW_STOP": save, "SLOW_STOP_DIR": str(tmp_path)})
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(job), str(DATA / "slow_stop.py")],
+                            cwd=tmp_path, env=env_for_tests(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    nodes: list[dict] = []
+    try:
+        nodes = [wait_for(lambda r=r: read_json(tmp_path / f"node{r}.json"), 60, f"node {r}", proc)
+                 for r in range(2)]
+        proc.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        out, _ = proc.communicate(timeout=grace + 20)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            for pid in [proc.pid, *(pid for n in nodes for pid in n.values())]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.communicate()
+    assert f"grace {grace}" in out
+    assert (f"razor: SIGINT: stopping all nodes (they save a checkpoint first); what is still running "
+            f"after {grace}s is killed") in out
+    if save < grace:
+        assert proc.returncode == 75, out
+        assert all((tmp_path / f"saved{r}").exists() for r in range(2)), out
+        assert "killing them" not in out and took >= save
+    else:
+        assert f"razor: nodes still running {grace}s after the stop (spec.terminationGracePeriodSeconds); " \
+               "killing them" in out
+        assert grace <= took < grace + 15, out
+        assert not any((tmp_path / f"saved{r}").exists() for r in range(2))
+        assert proc.returncode == 130, out
+    for n in nodes:
+        wait_for(lambda n=n: not alive(n["pid"]) and not alive(n["child"]), 10, "every process gone")
 
 
 def test_user_script_gets_the_launcher_contract(tmp_path: Path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,3 +59,53 @@ def test_no_command_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "razor.node"], env=BASE, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "usage: python -m razor.node" in res.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.local
+def test_after_its_stop_grace_razor_node_kills_the_training_processes(tmp_path):
+    """torchrun starts each worker in a session of its own: killing torchrun's process group alone
+    would leave a worker that outlives RAZOR_STOP_GRACE running, an orphan, after the node exits."""
+    from conftest import DATA
+
+    env = {**os.environ, **BASE, "NNODES": "1", "NODE_RANK": "0", "MASTER_PORT": str(node_free_port()),
+           "RAZOR_STOP_GRACE": "2", "SLOW_STOP": "120", "SLOW_STOP_DIR": str(tmp_path),
+           "CUDA_VISIBLE_DEVICES": "-1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "razor.node", str(DATA / "slow_stop.py")], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "node0.json").exists() or not (tmp_path / "node0.json").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        worker = json.loads((tmp_path / "node0.json").read_text())
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)  # a surviving worker would hold the pipe open
+    finally:
+        for pid in [proc.pid, *worker.values()] if proc.poll() is None else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 75, out
+    assert "training processes still running 2s after the stop signal; killing them" in out
+    assert not (tmp_path / "saved0").exists()
+    deadline = time.monotonic() + 10
+    while _alive(worker["pid"]) or _alive(worker["child"]):
+        assert time.monotonic() < deadline, f"a training process outlived its node: {worker}"
+        time.sleep(0.1)
+
+
+def node_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return sock.getsockname()[1]

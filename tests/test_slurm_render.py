@@ -35,7 +35,7 @@ def test_directives():
     text = slurm.render(gpu_job(), "/home/me/razor")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --cpus-per-task=10", "#SBATCH --partition=gpu", "#SBATCH --time=1-00:00:00",
-                 "#SBATCH --account=ml", "#SBATCH --qos=high", "#SBATCH --requeue", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --account=ml", "#SBATCH --qos=high", "#SBATCH --requeue", "#SBATCH --signal=USR2@120",
                  "#SBATCH --output=/scratch/kd/logs/%x-%j.out", "#SBATCH --error=/scratch/kd/logs/%x-%j.err"):
         assert line in text.splitlines()
     gres = parse_job(job_doc("g", config="c.yaml", gpusPerNode=4, slurm={"gres": True}))
@@ -139,3 +139,39 @@ def test_every_task_gets_port_beside_master_port_and_the_stop_grace(tmp_path: Pa
         seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
         assert seen["PORT"] == seen["MASTER_PORT"] == seen["PET_MASTER_PORT"] == port
         assert seen["RAZOR_STOP_GRACE"] == "50"
+
+
+@pytest.mark.parametrize("grace", [30, 120, 600, 65535])
+def test_usr2_comes_the_jobs_grace_before_the_time_limit(grace: int):
+    """SLURM's USR2 must leave the nodes their whole grace (razor.node's RAZOR_STOP_GRACE, 10 s
+    less, then the requeue) before the time limit's SIGTERM and, KillWait later, SIGKILL."""
+    job = parse_job(job_doc("g", config="c.yaml", terminationGracePeriodSeconds=grace,
+                            slurm={"time": "2-00:00:00"}))
+    lines = slurm.render(job, "/x").splitlines()
+    assert [line for line in lines if line.startswith("#SBATCH --signal")] == [f"#SBATCH --signal=USR2@{grace}"]
+    assert f"export RAZOR_STOP_GRACE={max(1, grace - 10)}" in lines
+
+
+@pytest.mark.parametrize("spec, field, message", [
+    ({"terminationGracePeriodSeconds": 65536}, "spec.terminationGracePeriodSeconds",
+     "SLURM can signal a job at most 65535 s before its time limit"),
+    ({"slurm": {"time": "2"}}, "spec.slurm.time",
+     "the time limit (2, 120 s) must be longer than spec.terminationGracePeriodSeconds (120 s)"),
+    ({"terminationGracePeriodSeconds": 600, "slurm": {"time": "0:09:59"}}, "spec.slurm.time",
+     "(0:09:59, 599 s) must be longer than spec.terminationGracePeriodSeconds (600 s)"),
+])
+def test_a_grace_slurm_cannot_give_is_refused(spec: dict, field: str, message: str):
+    with pytest.raises(SpecError) as err:
+        slurm.render(parse_job(job_doc("g", config="c.yaml", **spec)), "/x")
+    assert f"{field}: " in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("limit, seconds", [
+    ("30", 1800), ("30:15", 1815), ("1:30:00", 5400), ("1-5", 104400), ("1-5:30", 106200),
+    ("1-05:30:10", 106210), ("UNLIMITED", None), ("INFINITE", None), ("0", None),
+])
+def test_time_limits_in_seconds(limit: str, seconds: int | None):
+    assert slurm.time_limit_seconds(limit) == seconds
+    if seconds and seconds > 120:
+        job = parse_job(job_doc("t", config="c.yaml", slurm={"time": limit}))
+        assert "#SBATCH --signal=USR2@120" in slurm.render(job, "/x").splitlines()

@@ -21,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from razor.crd import PLURAL
-from razor.spec import GROUP, VERSION, SpecError, parse_cluster_defaults
+from razor.spec import CLUSTER_DEFAULT_KEYS, GROUP, VERSION, SpecError, parse_cluster_defaults
 
 from .handlers import World, register
 from .ports import PortIndex
@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--handler-threads", type=int, default=16,
                    help="threads running handlers (a job's events coalesce, so few are needed)")
     p.add_argument("--defaults", metavar="FILE",
-                   help="YAML mapping of spec fields to values for the jobs that leave them out "
-                        "(image, port, backoffLimit, ...; see razor.spec.CLUSTER_DEFAULTS)")
+                   help="YAML mapping of spec fields to values for the jobs that leave them out; its "
+                        f"keys: {', '.join(CLUSTER_DEFAULT_KEYS)} (cpuImage: the image of the CPU jobs, "
+                        "gpusPerNode 0, that name none)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every handler call")
     args = p.parse_args(argv)
     args.job_defaults = {}

@@ -4,7 +4,8 @@
 Each node is ``python -m razor.node ...`` with its own NODE_RANK, all meeting at
 127.0.0.1:PORT. The supervisor streams each node's output prefixed by its rank, stops the
 whole gang when one node fails (no rank is left hanging in a collective), passes Ctrl-C on as a
-checkpoint-and-stop, and exits with the job's outcome.
+checkpoint-and-stop (the nodes get the job's terminationGracePeriodSeconds, as a pod would, then
+are killed), and exits with the job's outcome.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import IO, Any
 
 from ..config import ConfigError, apply_options, load_config
 from ..launcher import EXIT_PREEMPTED, NodeLaunch, fixed_port, node_launches
-from ..node import port_free
+from ..node import kill_tree, port_free
 from ..spec import FieldError, RazorJob, SpecError
 
 MASTER_ADDR = "127.0.0.1"
@@ -162,9 +163,19 @@ def _die_with_parent() -> None:
         pass
 
 
+#: After a node fails, how long the others get to stop before they are killed: their peer is gone,
+#: so a checkpoint would wait in a collective that never completes.
+FAILURE_GRACE = 15.0
+
+
 class Supervisor:
-    def __init__(self, p: LocalPlan, out: IO[str] | None = None, grace: float = 60.0):
-        self.plan, self.out, self.grace = p, out or sys.stdout, grace
+    """Runs a plan's nodes. After a stop (Ctrl-C, SIGTERM) each node has ``grace`` seconds to save
+    a checkpoint and exit, the job's ``terminationGracePeriodSeconds`` unless given: razor.node
+    stops its training within it (RAZOR_STOP_GRACE), and what is left is killed after it."""
+
+    def __init__(self, p: LocalPlan, out: IO[str] | None = None, grace: float | None = None):
+        self.plan, self.out = p, out or sys.stdout
+        self.grace = float(p.job.spec.termination_grace_period_seconds if grace is None else grace)
         self.procs: list[subprocess.Popen] = []
         self.lock = threading.Lock()
         self.stop_reason: str | None = None
@@ -187,7 +198,8 @@ class Supervisor:
     def _signal(self, signum: int, _frame: object) -> None:
         if self.stop_reason is None:
             self.stop_reason = signal.Signals(signum).name
-            self.say(f"{self.stop_reason}: stopping all nodes (they save a checkpoint first)")
+            self.say(f"{self.stop_reason}: stopping all nodes (they save a checkpoint first); what is "
+                     f"still running after {self.grace:g}s is killed, or now on a second Ctrl-C")
             self._terminate()
         else:  # a second Ctrl-C: no more waiting
             self.say("stopping now")
@@ -203,8 +215,10 @@ class Supervisor:
 
     def _kill(self) -> None:
         for proc in self.procs:
+            if proc.poll() is None:
+                kill_tree(proc.pid)  # razor.node, torchrun and the workers (each in its own session)
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)  # what is left of an exited node's group
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -240,6 +254,7 @@ class Supervisor:
     def _wait(self) -> list[int | None]:
         failed_at: float | None = None
         stop_at: float | None = None
+        killed = False
         while True:
             codes = [proc.poll() for proc in self.procs]
             if all(c is not None for c in codes):
@@ -253,10 +268,13 @@ class Supervisor:
                 self._terminate()
             if self.stop_reason and stop_at is None:
                 stop_at = time.monotonic()
-            if failed_at and time.monotonic() - failed_at > min(self.grace, 15.0):
+            if failed_at and time.monotonic() - failed_at > min(self.grace, FAILURE_GRACE):
                 self._kill()
             if stop_at and time.monotonic() - stop_at > self.grace:
-                self.say(f"nodes still running {self.grace:g}s after the stop; killing them")
+                if not killed:
+                    self.say(f"nodes still running {self.grace:g}s after the stop "
+                             "(spec.terminationGracePeriodSeconds); killing them")
+                    killed = True
                 self._kill()
             time.sleep(0.1)
 

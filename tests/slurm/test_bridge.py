@@ -149,7 +149,7 @@ def test_seed_slurm_train_wrapper(slurm, tmp_path: Path):
 
 
 def test_usr2_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_path: Path):
-    """What --signal=USR2@90 does near the time limit, sent now with scancel --signal."""
+    """What --signal=USR2@<grace> does near the time limit, sent now with scancel --signal."""
     wd = tmp_path / "wd"
     path = write(tmp_path, "preempt", config=str(CONFIGS / "digits_mlp.yaml"), workDir=str(wd),
                  cfgOptions={"schedule.epochs": 100000, "runtime.stop_check_interval": 5})
