@@ -25,7 +25,7 @@ grep -E "razor trainer|lr |accuracy|identical" "$OUT/kd.log"; grep -q "cuda (ncc
 step "2. razorctl submit --local, gpusPerNode 1, CNN"
 $PY -m razor.cli submit --local examples/razorjob-digits-gpu.yaml >"$OUT/cnn.log" 2>&1 || fail=1
 grep -E "razor trainer|accuracy|succeeded|failed" "$OUT/cnn.log"
-cp work_dirs/digits_mlp/summary.json "$OUT/cnn-summary.json" 2>/dev/null
+cp work_dirs/digits_gpu/summary.json "$OUT/cnn-summary.json" 2>/dev/null
 
 step "3. SIGTERM mid-run saves a checkpoint (exit 75), the next run resumes"
 rm -rf "$OUT/pre"

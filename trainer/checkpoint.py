@@ -21,7 +21,8 @@ _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth$")
 _PARTIAL_RE = re.compile(r"^epoch_(\d+)_iter_(\d+)\.pth$")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through a temporary file in its folder, flushed and renamed over it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -50,8 +51,8 @@ def checkpoint_name(epoch: int, iteration: int) -> str:
 def save(directory: Path, state: dict[str, Any], epoch: int, iteration: int, max_keep: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / checkpoint_name(epoch, iteration)
-    _atomic_write(path, lambda fh: torch.save(state, fh))
-    _atomic_write(directory / POINTER, lambda fh: fh.write(f"{path.name}\n".encode()))
+    atomic_write(path, lambda fh: torch.save(state, fh))
+    atomic_write(directory / POINTER, lambda fh: fh.write(f"{path.name}\n".encode()))
     prune(directory, keep=path.name, max_keep=max_keep)
     return path
 

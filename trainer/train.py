@@ -6,8 +6,11 @@
 - learning rate scaled by total batch against the config's base (8 GPUs unless it says);
 - algorithms: ``supervised`` and ``kd`` (knowledge distillation from a teacher that is trained
   first or loaded);
-- checkpoints ``epoch_N.pth`` + ``last_checkpoint`` (atomic), resume with optimizer, scheduler,
-  epoch, position in the epoch and RNG state; SIGTERM/SIGUSR2 save a checkpoint, exit 75;
+- checkpoints ``epoch_N.pth`` + ``last_checkpoint`` (atomic), written by rank 0; resume with
+  optimizer, scheduler, epoch, position in the epoch and RNG state, read by rank 0 and sent to
+  every rank (machines need not share the work dir); a changed schedule on resume (more epochs)
+  is followed from where the checkpoint is; SIGTERM/SIGUSR2 save a checkpoint, exit 75;
+- ``razor-workdir.json``: the job and model a work dir belongs to; another is refused (workdir.py);
 - ``metrics.jsonl``, ``metrics.png``, ``summary.json``; rank 0 reports, the others stay quiet.
 """
 
@@ -23,6 +26,8 @@ import random
 import signal
 import sys
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +44,7 @@ from razor.config import ConfigError, apply_options, load_config, parse_cfg_opti
 from razor.node import EXIT_PREEMPTED
 
 from . import checkpoint as ckpt
+from . import workdir
 from .data import DataSet, load_dataset
 from .models import build_model, count_parameters
 
@@ -194,6 +200,39 @@ def mean_over_ranks(d: Dist, total: float, count: int) -> float:
     return float(t[0] / max(t[1].item(), 1.0))
 
 
+def from_main(d: Dist, fn: Callable[[], Any]) -> Any:
+    """Rank 0 alone runs ``fn``; every rank gets its result, or raises its error, at once.
+
+    For what only rank 0 can see (its work dir, the checkpoints it wrote): machines need not share
+    a disk, and a rank never waits in a collective for a peer that failed before reaching it."""
+    result: Any = None
+    error: tuple[str, str] | None = None
+    failure: BaseException | None = None
+    if d.is_main:
+        try:
+            result = fn()
+        except ConfigError as exc:
+            error = ("config", str(exc))
+        except Exception as exc:
+            if not d.enabled:
+                raise
+            error, failure = ("other", f"{type(exc).__name__}: {exc}"), exc
+    if not d.enabled:
+        if error:
+            raise ConfigError(error[1])
+        return result
+    box = [(result, error)]
+    dist.broadcast_object_list(box, src=0, device=d.device if d.device.type == "cuda" else None)
+    result, error = box[0]
+    if error is None:
+        return result
+    if error[0] == "config":
+        raise ConfigError(error[1])
+    if failure is not None:
+        raise failure
+    raise RuntimeError(f"rank 0 failed: {error[1]}")
+
+
 def gather(d: Dist, obj: Any) -> list[Any]:
     if not d.enabled:
         return [obj]
@@ -278,6 +317,41 @@ def build_scheduler(cfg: dict[str, Any], optimizer, epochs: int):
     raise ConfigError(f"schedule.lr_scheduler {kind!r} is not known (known: cosine, step, constant)")
 
 
+#: A scheduler's state that says how far it is, not which schedule it follows.
+_SCHEDULE_PROGRESS = frozenset({"base_lrs", "last_epoch", "_step_count", "_is_initial", "verbose",
+                                "_get_lr_called_within_step", "_last_lr", "lr_lambdas"})
+
+
+def schedule_shape(state: dict[str, Any]) -> dict[str, Any]:
+    """The schedule a scheduler's state_dict follows (cosine's T_max, step's milestones and
+    gamma...), without its progress: two equal shapes are the same schedule."""
+    return {k: v for k, v in state.items() if k not in _SCHEDULE_PROGRESS}
+
+
+def describe_schedule(state: dict[str, Any]) -> str:
+    if "T_max" in state:
+        return f"cosine over {state['T_max']} epochs"
+    if "milestones" in state:
+        milestones = sorted(Counter(state["milestones"]).elements())
+        return f"step at epochs {milestones}, gamma {float(state.get('gamma', 0.1)):g}"
+    return "constant"
+
+
+def continue_schedule(cfg: dict[str, Any], optimizer, epochs: int, done: int):
+    """A scheduler for ``epochs`` epochs at the point where ``done`` epochs are finished, over an
+    optimizer restored from a checkpoint: each group's lr back to its base (``initial_lr``), then
+    stepped ``done`` times, so that the lr is the new schedule's, as if it had been the plan."""
+    for group in optimizer.param_groups:
+        if "initial_lr" in group:
+            group["lr"] = group["initial_lr"]
+    scheduler = build_scheduler(cfg, optimizer, epochs)
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+        warnings.simplefilter("ignore")
+        for _ in range(done):
+            scheduler.step()
+    return scheduler
+
+
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.softmax(teacher_logits / temperature, dim=1),
@@ -332,11 +406,13 @@ class Stage:
     directory: Path
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     ddp: nn.Module
+    sched_cfg: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
     def __init__(self, cfg: dict[str, Any], args: argparse.Namespace, d: Dist, work_dir: Path):
         self.cfg, self.args, self.d, self.work_dir = cfg, args, d, work_dir
+        self.job = job_name()
         self.stop = StopRequest()
         self.data: DataSet = load_dataset(cfg["data"])
         self.batch = int(cfg["data"].get("samples_per_gpu", 32))
@@ -376,7 +452,8 @@ class Trainer:
         epochs = int(sched_cfg.get("epochs", 10))
         optimizer = build_optimizer(optim_cfg, model.parameters(), self.lr)
         scheduler = build_scheduler(sched_cfg, optimizer, epochs)
-        return Stage(name, model, epochs, optimizer, scheduler, directory, loss, self.wrap(model))
+        return Stage(name, model, epochs, optimizer, scheduler, directory, loss, self.wrap(model),
+                     dict(sched_cfg))
 
     # -- checkpoints
     def save(self, st: Stage, epoch: int, iteration: int) -> Path | None:
@@ -384,8 +461,9 @@ class Trainer:
         path = None
         if self.d.is_main:
             state = {
-                "meta": {"stage": st.name, "epoch": epoch, "iter": iteration,
-                         "world_size": self.d.world_size, "time": time.time(), "seed": self.seed},
+                "meta": {"stage": st.name, "epoch": epoch, "iter": iteration, "epochs": st.epochs,
+                         "world_size": self.d.world_size, "time": time.time(), "seed": self.seed,
+                         "job": self.job},
                 "state_dict": st.model.state_dict(),
                 "optimizer": st.optimizer.state_dict(),
                 "scheduler": st.scheduler.state_dict(),
@@ -398,24 +476,32 @@ class Trainer:
         return path
 
     def restore(self, st: Stage, explicit: str | None) -> tuple[int, int]:
-        """Load the stage's checkpoint per --resume; return (finished epochs, iteration)."""
-        mode = self.args.resume
-        if mode == "never":
+        """Load the stage's checkpoint per --resume; return (finished epochs, iteration).
+
+        Rank 0 decides what to resume from (or that there is nothing) from its own work dir, reads
+        the checkpoint and sends it to every rank over the process group: the other machines need
+        not see rank 0's disk, and every rank resumes from the same state."""
+        if self.args.resume == "never":
             return 0, 0
-        if explicit:
-            path = Path(explicit)
-            if not path.is_file():
-                raise ConfigError(f"--resume {explicit!r}: no such checkpoint")
-            found: tuple[Path, dict] | None = (path, ckpt.load(path))
-        else:
-            found = ckpt.load_latest(st.directory, self.info)
+        found = from_main(self.d, lambda: self.find_checkpoint(st, explicit))
         if found is None:
             return 0, 0
         path, state = found
+        fresh = schedule_shape(st.scheduler.state_dict())
         st.model.load_state_dict(state["state_dict"])
         st.optimizer.load_state_dict(state["optimizer"])
         st.scheduler.load_state_dict(state["scheduler"])
         meta = state["meta"]
+        done = int(meta["epoch"])
+        if schedule_shape(state["scheduler"]) != fresh and done < st.epochs:
+            # The run asks for another schedule than the checkpoint's (most often more epochs):
+            # follow the new one from here, rather than the old one that has run out.
+            old = describe_schedule(state["scheduler"])
+            st.scheduler = continue_schedule(st.sched_cfg, st.optimizer, st.epochs, done)
+            self.info(f"[{st.name}] schedule changed since the checkpoint ({old} -> "
+                      f"{describe_schedule(st.scheduler.state_dict())}): the learning rate follows "
+                      f"the new schedule from epoch {done + 1} "
+                      f"(lr {st.optimizer.param_groups[0]['lr']:.4g})")
         rngs = state.get("rng") or []
         if len(rngs) == self.d.world_size:
             set_rng_state(self.d, rngs[self.d.rank])
@@ -425,7 +511,35 @@ class Trainer:
                       "the learning rate and RNG state come from the old run")
         where = f"epoch {meta['epoch']}" + (f", iteration {meta['iter']}" if meta["iter"] else "")
         self.info(f"[{st.name}] resumed from {path} ({where})")
-        return int(meta["epoch"]), int(meta["iter"])
+        return done, int(meta["iter"])
+
+    def find_checkpoint(self, st: Stage, explicit: str | None) -> tuple[Path, dict] | None:
+        """On rank 0: the checkpoint to resume from, loaded, or None to start afresh."""
+        if not explicit:
+            return ckpt.load_latest(st.directory, self.info)
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"--resume {explicit!r}: no such checkpoint")
+        try:
+            state = ckpt.load(path)
+        except Exception as exc:
+            raise ConfigError(f"--resume {explicit!r}: cannot read it "
+                              f"({type(exc).__name__}: {exc})") from None
+        missing = [k for k in ("state_dict", "optimizer", "scheduler", "meta")
+                   if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ConfigError(f"--resume {explicit!r} is not a razor checkpoint (it has no "
+                              f"{', '.join(missing)}): resume needs the optimizer and schedule too")
+        mine = {k: tuple(v.shape) for k, v in st.model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items()}
+        if mine != theirs:
+            cfg = state.get("config")
+            there = (f"{workdir.describe(workdir.identity(cfg))} there, "
+                     if isinstance(cfg, dict) else "")
+            raise ConfigError(f"--resume {explicit!r}: the checkpoint is of another model ({there}"
+                              f"{workdir.describe(workdir.identity(self.cfg))} here); its weights "
+                              f"do not fit this [{st.name}]")
+        return path, state
 
     # -- metrics
     def record(self, row: dict[str, Any]) -> None:
@@ -601,6 +715,11 @@ def setup_logging(d: Dist, work_dir: Path) -> None:
         root.addHandler(fh)
 
 
+def job_name() -> str | None:
+    """The RazorJob this process belongs to (every backend and tools/dist_train.sh set it)."""
+    return os.environ.get("RAZOR_JOB_NAME", "").strip() or None
+
+
 def default_work_dir(config: str) -> Path:
     return Path("work_dirs") / Path(config).stem
 
@@ -614,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(args.config)
         work_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(d, work_dir)
+        # Whose work dir this is: rank 0 checks (and records) it, every rank gets the verdict.
+        from_main(d, lambda: workdir.claim(work_dir, cfg, job_name(), args.resume, args.config, log.info))
         seed = int(cfg.get("seed", 0))
         random.seed(seed + d.rank)
         np.random.seed(seed + d.rank)
