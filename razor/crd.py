@@ -4,7 +4,9 @@
 
 The schema is the spec model's JSON schema made structural (refs inlined, unions turned into
 int-or-string or preserved fields), with CEL rules for what a schema cannot say, so that the
-API server refuses what razorctl refuses. A test fails when crds/razorjob.yaml is stale.
+API server refuses what razorctl refuses, and CEL transition rules that keep every spec field but
+razor.spec.MUTABLE_FIELDS as the job was created (no gang of pods from two specs). A test fails
+when crds/razorjob.yaml is stale.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .spec import CLUSTER_DEFAULTS, CONTRACT_ENV, GROUP, KIND, NAME_MAX, VERSION, RazorJobSpec
+from .spec import CLUSTER_DEFAULTS, CONTRACT_ENV, GROUP, KIND, MUTABLE_FIELDS, NAME_MAX, VERSION, RazorJobSpec
 
 PLURAL = "razorjobs"
 SINGULAR = "razorjob"
@@ -51,7 +53,11 @@ _FIELD_RULES: dict[str, list[dict[str, str]]] = {
     ],
 }
 # Bounds of array items: cheaper than a CEL rule over the list (which exceeds the cost budget).
-_ITEM_BOUNDS = {"permanentExitCodes": {"minimum": 1, "maximum": 255}}
+_ITEM_BOUNDS = {"permanentExitCodes": {"minimum": 1, "maximum": 255},
+                "retryableExitCodes": {"minimum": 1, "maximum": 255}}
+#: What the API server says of a change to a field that cannot change (after "spec.<field>: Forbidden: ").
+IMMUTABLE = ("cannot change once the job exists: every rank of a gang must run the same spec (delete "
+             "the job and create it again; only " + ", ".join(MUTABLE_FIELDS) + " can change)")
 _STRING_PATTERNS = {
     "config": _NO_NEWLINES, "workDir": _NO_NEWLINES, "script": _NO_NEWLINES, "resume": _NO_NEWLINES,
     "workingDir": _NO_NEWLINES, "image": r"^\S+$",
@@ -112,6 +118,33 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], name: str = "") -> d
     return node
 
 
+def _unchanged(name: str) -> str:
+    """CEL: the spec field is as it was (present in both with the same value, or in neither)."""
+    return f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})"
+
+
+def immutability_rules(properties: dict[str, Any]) -> list[dict[str, str]]:
+    """Transition rules (run on updates only) that keep every spec field but MUTABLE_FIELDS as it
+    was created, each naming its field. A field without a type (autoScaleLR: true, false or a
+    mapping) is invisible to CEL; the spec as a whole is not: when no field CEL sees changed, the
+    spec must not have changed either, which names such a field."""
+    rules, seen = [], []
+    untyped = []
+    for name, node in properties.items():
+        if "type" not in node and not node.get("x-kubernetes-int-or-string"):
+            untyped.append(name)
+            continue
+        seen.append(name)
+        if name not in MUTABLE_FIELDS:
+            rules.append({"rule": _unchanged(name), "message": IMMUTABLE, "fieldPath": f".{name}",
+                          "reason": "FieldValueForbidden"})
+    for name in untyped:
+        if name not in MUTABLE_FIELDS:
+            rules.append({"rule": "!(" + " && ".join(f"({_unchanged(n)})" for n in seen) + ") || self == oldSelf",
+                          "message": IMMUTABLE, "fieldPath": f".{name}", "reason": "FieldValueForbidden"})
+    return rules
+
+
 def spec_schema() -> dict[str, Any]:
     schema = RazorJobSpec.model_json_schema(by_alias=True)
     defs = schema.pop("$defs", {})
@@ -119,7 +152,7 @@ def spec_schema() -> dict[str, Any]:
     out.pop("required", None)
     for key in CLUSTER_DEFAULTS:  # the operator fills these in: its --defaults, else the model's
         out["properties"][key].pop("default", None)
-    out["x-kubernetes-validations"] = _SPEC_RULES
+    out["x-kubernetes-validations"] = _SPEC_RULES + immutability_rules(out["properties"])
     return out
 
 
@@ -135,6 +168,14 @@ def status_schema() -> dict[str, Any]:
     rank = {"type": "object", "properties": {
         "rank": {"type": "integer"}, "pod": {"type": "string"}, "phase": {"type": "string"},
         "exitCode": {"type": "integer"}, "reason": {"type": "string"}, "node": {"type": "string"}}}
+    failed_rank = {"type": "object", "properties": {
+        "rank": {"type": "integer"}, "attempt": {"type": "integer"}, "pod": {"type": "string"},
+        "exitCode": {"type": "integer"}, "reason": {"type": "string"},
+        "class": {"type": "string", "description": "Permanent, Failure, Retryable or Disruption"},
+        "node": {"type": "string"}, "finishedAt": {"type": "string", "format": "date-time"},
+        "message": {"type": "string"}}}
+    by_phase = {"type": "object", "description": "The attempt's ranks by phase (pending: not running yet).",
+                "properties": {k: {"type": "integer"} for k in ("pending", "running", "succeeded", "failed")}}
     return {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": True,  # kopf keeps its own progress here
@@ -142,14 +183,25 @@ def status_schema() -> dict[str, Any]:
             "phase": {"type": "string"},
             "message": {"type": "string"},
             "attempt": {"type": "integer"},
-            "restarts": {"type": "integer"},
+            "restarts": {"type": "integer", "description": "Gang restarts, all of them."},
+            "countedRestarts": {"type": "integer",
+                                "description": "Restarts counted against backoffLimit (after a failure)."},
+            "disruptionRestarts": {"type": "integer", "description": "Restarts after a preemption, an "
+                                                                     "eviction, a lost node or pod: not counted."},
+            "nextAttemptTime": {"type": "string", "format": "date-time",
+                                "description": "When the next attempt starts (the restart backoff)."},
             "port": {"type": "integer"},
             "startTime": {"type": "string", "format": "date-time"},
             "completionTime": {"type": "string", "format": "date-time"},
             "observedGeneration": {"type": "integer"},
             "conditions": {"type": "array", "items": condition,
                            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-            "ranks": {"type": "array", "items": rank},
+            "ranksByPhase": by_phase,
+            "ranks": {"type": "array", "items": rank,
+                      "description": "At most 32 of the attempt's ranks, the most telling: every rank of a small job."},
+            "failedRanks": {"type": "array", "items": failed_rank,
+                            "description": "The failed or lost ranks of the last attempt that failed (at most "
+                                           "32), the one that decided first."},
         },
     }
 
@@ -174,8 +226,15 @@ def crd() -> dict[str, Any]:
                     {"name": "Nodes", "type": "integer", "jsonPath": ".spec.nnodes"},
                     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpusPerNode",
                      "description": "GPUs per node"},
-                    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+                    {"name": "Running", "type": "integer", "jsonPath": ".status.ranksByPhase.running",
+                     "description": "Ranks running"},
+                    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts",
+                     "description": "Gang restarts, all of them"},
+                    {"name": "Counted", "type": "integer", "jsonPath": ".status.countedRestarts",
+                     "description": "Restarts counted against backoffLimit"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
+                    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                 ],
                 "schema": {"openAPIV3Schema": {
                     "type": "object",

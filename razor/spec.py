@@ -19,17 +19,20 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+# The launcher contract's one definition (razor.launcher imports nothing of this module).
+from .launcher import DEFAULT_PORT, RESERVED_ENV, env_refusal
 
 GROUP = "razor.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "RazorJob"
 
-DEFAULT_PORT = 29500
 #: Seconds before the pods of a lost node are evicted, and then force-deleted (nodeLostTimeoutSeconds).
 DEFAULT_NODE_LOST_TIMEOUT = 60
 #: The trainer image (images/trainer/Dockerfile): the CUDA build, for GPU jobs.
@@ -39,6 +42,10 @@ DEFAULT_IMAGE = "razor-trainer:0.1.0"
 DEFAULT_CPU_IMAGE = f"{DEFAULT_IMAGE}-cpu"
 #: Seconds a pod has to stop after its SIGTERM (the pod's terminationGracePeriodSeconds).
 DEFAULT_TERMINATION_GRACE = 120
+#: The wait before a restart after a failure, doubled per such restart up to the max (seconds),
+#: as a Kubernetes Job's pod failure backoff (10 s, 6 min).
+DEFAULT_RESTART_BACKOFF = 10
+DEFAULT_RESTART_BACKOFF_MAX = 360
 #: The learning rates in configs are for 8 GPUs, as the seed says.
 DEFAULT_BASE_GPUS = 8
 
@@ -51,15 +58,9 @@ QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$
 SLURM_TIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$|^(UNLIMITED|INFINITE)$")
 SLURM_WORD_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
-#: Variables of the launcher contract: razor sets them, a spec may not.
-CONTRACT_ENV = frozenset(
-    {
-        "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "GPUS_PER_NODE",
-        "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-        "PORT", "RAZOR_JOB_NAME", "RAZOR_WORK_DIR", "RAZOR_ATTEMPT", "RAZOR_MASTER_ADDR_TIMEOUT",
-        "RAZOR_STOP_GRACE", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-    }
-)
+#: Variables of the launcher contract: razor sets them, a spec may not (razor.launcher.RESERVED_ENV;
+#: a CPU job's CUDA_VISIBLE_DEVICES too, see razor.launcher.env_refusal).
+CONTRACT_ENV = RESERVED_ENV
 
 
 class _Model(BaseModel):
@@ -206,6 +207,19 @@ class RazorJobSpec(_Model):
         default_factory=lambda: [2, 126, 127],
         description="Exit codes that fail the job at once, without a restart (2: bad config).",
     )
+    retryable_exit_codes: list[int] = Field(
+        default_factory=list,
+        description="Exit codes (e.g. a collective timeout's) that restart the gang without counting against "
+                    "backoffLimit, after the backoff; they win over permanentExitCodes.",
+    )
+    restart_backoff_seconds: int = Field(
+        DEFAULT_RESTART_BACKOFF, ge=0, le=86400,
+        description="Wait before a restart after a failure (counted or retryable), doubled with each such "
+                    "restart up to restartBackoffMaxSeconds; 0: restart as soon as the old pods are gone.",
+    )
+    restart_backoff_max_seconds: int = Field(
+        DEFAULT_RESTART_BACKOFF_MAX, ge=0, le=86400, description="The longest wait between restarts."
+    )
     node_lost_timeout_seconds: int = Field(
         DEFAULT_NODE_LOST_TIMEOUT, ge=1, le=86400,
         description="How long a pod stays on a node that stopped answering (not ready or unreachable) "
@@ -235,7 +249,7 @@ class RazorJobSpec(_Model):
     volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="Where the volumes go.")
     working_dir: str | None = Field(None, description="The container's working directory (image default).")
 
-    @field_validator("permanent_exit_codes")
+    @field_validator("permanent_exit_codes", "retryable_exit_codes")
     @classmethod
     def _codes(cls, v: list[int]) -> list[int]:
         for code in v:
@@ -290,15 +304,16 @@ class RazorJobSpec(_Model):
 
     @field_validator("env", mode="before")
     @classmethod
-    def _env(cls, v: Any) -> Any:
+    def _env(cls, v: Any, info: ValidationInfo) -> Any:
         if not isinstance(v, dict):
             return v
         out = {}
         for name, value in v.items():
             if not isinstance(name, str) or not ENV_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
-            if name in CONTRACT_ENV:
-                raise ValueError(f"{name} is set by razor (the launcher contract) and cannot be overridden")
+            refusal = env_refusal(name, info.data.get("gpus_per_node"))
+            if refusal:
+                raise ValueError(refusal)
             if isinstance(value, bool):
                 value = "true" if value else "false"
             elif isinstance(value, (int, float)):
@@ -415,7 +430,15 @@ CLUSTER_DEFAULTS = (
     "image", "port", "backoffLimit", "permanentExitCodes", "masterAddrTimeoutSeconds",
     "terminationGracePeriodSeconds", "activeDeadlineSeconds", "ttlSecondsAfterFinished",
     "nodeSelector", "tolerations", "priorityClassName", "schedulerName", "serviceAccountName",
-    "podSecurityContext", "nodeLostTimeoutSeconds",
+    "podSecurityContext", "nodeLostTimeoutSeconds", "retryableExitCodes", "restartBackoffSeconds",
+    "restartBackoffMaxSeconds",
+)
+#: Spec fields (as written in YAML) that may change while a job exists: they shape no pod, only
+#: what the operator does next (the CRD's CEL rules keep every other field as it was created, so
+#: that no gang is ever made of pods from two specs).
+MUTABLE_FIELDS = (
+    "suspend", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit", "permanentExitCodes",
+    "retryableExitCodes", "restartBackoffSeconds", "restartBackoffMaxSeconds",
 )
 #: A cluster default that is no spec field: the image of the CPU jobs (gpusPerNode 0) that name
 #: none. A cluster's ``image`` is then the GPU jobs' (and the CPU jobs' too when it sets no

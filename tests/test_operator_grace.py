@@ -31,9 +31,9 @@ class RecordingCore:
 @pytest.mark.parametrize("spec, grace", [({}, 120), ({"terminationGracePeriodSeconds": 45}, 45)])
 def test_a_gang_restart_deletes_the_pods_with_the_jobs_grace(spec: dict, grace: int):
     world = handlers.World(client.ApiClient(client.Configuration()), ports.PortIndex(), workers=1)
-    world.core = RecordingCore()
+    world.api.core = RecordingCore()
     job = parse_job(job_doc("kd", config="c.yaml", nnodes=2, **spec))
     decision = reconcile.Decision(delete_pods=["kd-0", "kd-1"], status={"phase": "Restarting"})
     body = {"metadata": {"name": "kd", "namespace": "ml"}, "status": {"phase": "Restarting"}}
     handlers._apply(world, body, job, "ml", "uid-1", decision, None)
-    assert world.core.deleted == [("ml", "kd-0", grace), ("ml", "kd-1", grace)]
+    assert world.api.core.deleted == [("ml", "kd-0", grace), ("ml", "kd-1", grace)]

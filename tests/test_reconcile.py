@@ -74,13 +74,17 @@ def test_a_failed_rank_restarts_the_whole_gang():
     assert d.events[0][:2] == ("Warning", "Restarting")
 
 
-def test_the_next_attempt_starts_once_the_old_pods_are_gone():
+def test_the_next_attempt_starts_once_the_old_pods_are_gone_and_the_backoff_passed():
     failed = PodState("kd-2", 2, 1, "Failed", 137, "OOMKilled")
     st = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r2=failed), NOW).status
+    assert st["nextAttemptTime"] == "2026-11-27T12:00:10Z"  # restartBackoffSeconds 10
     d = decide(job(), st, pods("Failed", attempt=1, n=2), NOW)  # two old pods still there
     assert sorted(d.delete_pods) == ["kd-0", "kd-1"] and d.create_ranks == []
-    d = decide(job(), st, [], NOW)
+    d = decide(job(), st, [], NOW + timedelta(seconds=4))  # gone, but the backoff runs 6 s more
+    assert d.create_ranks == [] and d.requeue_after == 6 and d.status["phase"] == "Restarting"
+    d = decide(job(), st, [], NOW + timedelta(seconds=10))
     assert d.create_ranks == [0, 1, 2, 3] and d.status["phase"] == "Restarting"
+    assert "nextAttemptTime" not in d.status
     d = decide(job(), d.status, pods("Running", attempt=2), NOW)
     assert d.status["phase"] == "Running"
     assert cond(d.status, "Restarting")["status"] == "False"
@@ -246,11 +250,15 @@ def test_a_pod_gone_from_a_running_gang_restarts_it():
     assert cond(d.status, "Restarting")["reason"] == "PodLost"
 
 
-def test_the_backoff_limit_counts_lost_ranks():
+def test_lost_ranks_do_not_count_against_the_backoff_limit():
+    """A lost node, an eviction, a preemption is not the job's fault: restarted at once, not counted."""
     d = decide(job(backoffLimit=1), {"attempt": 2, "restarts": 1, "phase": "Running"},
                pods(attempt=2, r0=lost_pod(0, attempt=2, deleted_ago=-30)), NOW)
-    assert d.status["phase"] == "Failed" and cond(d.status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert d.status["phase"] == "Restarting" and d.status["attempt"] == 3
+    assert (d.status["restarts"], d.status["countedRestarts"], d.status["disruptionRestarts"]) == (2, 1, 1)
+    assert "nextAttemptTime" not in d.status, "a disruption restarts without a backoff"
     assert d.status["message"].startswith("rank 0 (pod kd-0) lost with node n1")
+    assert d.status["message"].endswith("as attempt 3 (a disruption: not counted against backoffLimit)")
 
 
 def test_a_pod_still_deleting_after_a_resume_is_waited_for_not_counted():
@@ -276,7 +284,7 @@ def test_a_deletion_no_kubelet_confirms_is_forced_after_the_bound():
     assert ("Warning", "ForceDeleted", note) in d.events
     assert d.status["message"] == f"{note}; restarting all 4 rank(s) as attempt 2"
     assert d.status["phase"] == "Restarting" and d.requeue_after == 79  # kd-3's turn
-    d = decide(job(), d.status, [], NOW + timedelta(seconds=2))  # both gone
+    d = decide(job(), d.status, [], NOW + timedelta(seconds=10))  # both gone, the backoff passed
     assert d.create_ranks == [0, 1, 2, 3] and d.status["attempt"] == 2
 
 
@@ -326,3 +334,197 @@ def test_a_rank_whose_node_stopped_reporting_is_lost_after_the_bound():
     assert d.status["message"].startswith(
         "rank 2 (pod kd-2) lost with node n1: its node stopped reporting 20s ago (nodeLostTimeoutSeconds 10)")
     assert cond(d.status, "Restarting")["reason"] == "NodeLost"
+
+
+# ---- failures classified: the first by time decides, a permanent exit code on any rank wins -------
+
+def exited(rank, code, at, attempt=1, reason="Error", **kw):
+    """A rank whose container exited with ``code`` ``at`` seconds after NOW."""
+    return PodState(f"kd-{rank}", rank, attempt, "Failed", code, reason,
+                    finished_at=NOW + timedelta(seconds=at), **kw)
+
+
+def test_the_first_rank_to_fail_decides_not_the_lowest_rank():
+    """Rank 3 was OOM-killed first; rank 0's exit a second later is its consequence."""
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"},
+               pods(r0=exited(0, 1, at=2), r3=exited(3, 137, at=1, reason="OOMKilled")), NOW)
+    assert d.status["message"].startswith("rank 3 (pod kd-3) exited with code 137 (OOMKilled); restarting")
+    assert [(e["rank"], e["class"]) for e in d.status["failedRanks"]] == [(3, "Failure"), (0, "Failure")]
+    assert d.status["failedRanks"][0]["finishedAt"] == "2026-11-27T12:00:01Z"
+
+
+def test_a_permanent_exit_code_on_any_rank_wins_over_its_peers_follow_on_failures():
+    """Rank 3's bad config (exit 2) came after rank 0's exit 1: the job fails, not restarts."""
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"},
+               pods(r0=exited(0, 1, at=1), r3=exited(3, 2, at=3)), NOW)
+    assert d.status["phase"] == "Failed" and cond(d.status, "Failed")["reason"] == "PermanentFailure"
+    assert d.status["message"] == ("rank 3 (pod kd-3) exited with code 2 (Error); exit code 2 is permanent, "
+                                   "not restarted")
+    assert d.status["restarts"] == 0 and sorted(d.delete_pods) == ["kd-1", "kd-2"]
+
+
+def test_a_permanent_failure_reported_after_the_restart_still_fails_the_job():
+    """Rank 3 exited 2 before the operator asked it to stop, but its status came after the restart."""
+    st = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r0=exited(0, 1, at=1)), NOW).status
+    assert st["phase"] == "Restarting"
+    going = [PodState("kd-3", 3, 1, "Failed", 2, "Error", deleting=True, finished_at=NOW,
+                      deletion_timestamp=NOW + timedelta(seconds=120), deletion_grace=120)]
+    d = decide(job(), st, going, NOW + timedelta(seconds=1))
+    assert d.status["phase"] == "Failed" and cond(d.status, "Failed")["reason"] == "PermanentFailure"
+    assert d.status["message"].startswith("rank 3 (pod kd-3) exited with code 2")
+    assert [(e["rank"], e["class"]) for e in d.status["failedRanks"]] == [(3, "Permanent"), (0, "Failure")]
+    # Not when it exited only after its deletion: that is how it stopped.
+    late = [PodState("kd-3", 3, 1, "Failed", 2, "Error", deleting=True, finished_at=NOW + timedelta(seconds=5),
+                     deletion_timestamp=NOW + timedelta(seconds=120), deletion_grace=120)]
+    assert decide(job(), st, late, NOW + timedelta(seconds=6)).status["phase"] == "Restarting"
+
+
+def test_pod_state_reads_when_the_container_finished_and_when_it_was_disrupted():
+    pod = {"metadata": {"name": "kd-2", "labels": {"razor.dev/node-rank": "2", "razor.dev/attempt": "1"}},
+           "status": {"phase": "Failed",
+                      "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                                      "lastTransitionTime": "2026-11-27T11:59:58Z"}],
+                      "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                          "exitCode": 75, "reason": "Error", "finishedAt": "2026-11-27T11:59:59Z"}}}]}}
+    s = PodState.from_pod(pod)
+    assert s.finished_at == NOW - timedelta(seconds=1) and s.disruption_since == NOW - timedelta(seconds=2)
+    assert (s.exit_code, s.disruption) == (75, "PreemptionByScheduler")
+
+
+# ---- preemption does not use up the restart budget; retryable codes; the backoff ---------------------
+
+def test_a_preempted_rank_restarts_the_gang_at_once_without_counting():
+    """razor.node exits 75 after a SIGTERM (a preemption, a drain) once the checkpoint is saved."""
+    d = decide(job(backoffLimit=0), {"attempt": 1, "restarts": 0, "phase": "Running"},
+               pods(r1=exited(1, 75, at=0)), NOW)
+    assert d.status["phase"] == "Restarting" and d.status["attempt"] == 2
+    assert (d.status["restarts"], d.status["countedRestarts"], d.status["disruptionRestarts"]) == (1, 0, 1)
+    assert cond(d.status, "Restarting")["reason"] == "Preempted"
+    d = decide(job(backoffLimit=0), d.status, [], NOW)
+    assert d.create_ranks == [0, 1, 2, 3], "no backoff after a disruption"
+
+
+def test_a_pod_disrupted_by_kubernetes_is_not_counted_even_once_it_exited():
+    evicted = exited(2, 137, at=1, disruption="EvictionByEvictionAPI", disruption_since=NOW)
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r2=evicted), NOW)
+    assert (d.status["restarts"], d.status["countedRestarts"]) == (1, 0)
+    assert cond(d.status, "Restarting")["reason"] == "Evicted"
+    assert d.status["message"].startswith("rank 2 (pod kd-2) exited with code 137 (Error): evicted through the "
+                                          "Eviction API")
+
+
+def test_a_crash_is_counted_even_if_the_pod_was_deleted_afterwards():
+    crashed = exited(2, 1, at=0, deleting=True, deletion_timestamp=NOW + timedelta(seconds=125), deletion_grace=120)
+    d = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r2=crashed), NOW)
+    assert (d.status["restarts"], d.status["countedRestarts"]) == (1, 1)
+    assert cond(d.status, "Restarting")["reason"] == "RankFailed"
+
+
+def test_retryable_exit_codes_restart_after_the_backoff_without_counting():
+    j = job(backoffLimit=0, retryableExitCodes=[124, 2])  # wins over the default permanent 2
+    d = decide(j, {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r1=exited(1, 124, at=0)), NOW)
+    assert d.status["phase"] == "Restarting"
+    assert (d.status["restarts"], d.status["countedRestarts"], d.status["disruptionRestarts"]) == (1, 0, 0)
+    assert cond(d.status, "Restarting")["reason"] == "RetryableExitCode"
+    assert d.status["nextAttemptTime"] == "2026-11-27T12:00:10Z"
+    assert d.status["message"] == ("rank 1 (pod kd-1) exited with code 124 (Error); restarting all 4 rank(s) as "
+                                   "attempt 2 in 10s (exit code 124 is retryable: not counted against backoffLimit)")
+    d = decide(j, {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r1=exited(1, 2, at=0)), NOW)
+    assert d.status["phase"] == "Restarting"
+
+
+def test_the_backoff_doubles_with_each_counted_restart_up_to_its_cap():
+    j = job(backoffLimit=10, restartBackoffSeconds=10, restartBackoffMaxSeconds=30)
+    waits = []
+    st = {"attempt": 1, "restarts": 0, "phase": "Running"}
+    for attempt in range(1, 5):
+        st = decide(j, {**st, "phase": "Running"}, pods(attempt=attempt, r0=exited(0, 1, 0, attempt)), NOW).status
+        waits.append((_parse(st["nextAttemptTime"]) - NOW).total_seconds())
+        assert st["message"].endswith(f"as attempt {attempt + 1} in {waits[-1]:g}s (restart {attempt} of 10)")
+    assert waits == [10, 20, 30, 30]
+
+
+def test_no_backoff_when_restart_backoff_seconds_is_zero():
+    j = job(restartBackoffSeconds=0)
+    st = decide(j, {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r0=exited(0, 1, 0)), NOW).status
+    assert "nextAttemptTime" not in st and decide(j, st, [], NOW).create_ranks == [0, 1, 2, 3]
+
+
+def test_a_status_from_before_the_counters_were_told_apart_counts_every_restart():
+    d = decide(job(backoffLimit=2), {"attempt": 3, "restarts": 2, "phase": "Running"},
+               pods(attempt=3, r0=exited(0, 1, 0, 3)), NOW)
+    assert d.status["phase"] == "Failed" and cond(d.status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert d.status["message"].endswith("backoffLimit 2 reached after 2 restart(s)")
+
+
+def test_the_backoff_limit_message_tells_the_uncounted_restarts_apart():
+    d = decide(job(backoffLimit=1), {"attempt": 4, "restarts": 3, "countedRestarts": 1, "disruptionRestarts": 2,
+                                     "phase": "Running"}, pods(attempt=4, r2=exited(2, 1, 0, 4)), NOW)
+    assert d.status["message"] == ("rank 2 (pod kd-2) exited with code 1 (Error); backoffLimit 1 reached after "
+                                   "1 restart(s) (2 more not counted)")
+
+
+def test_suspending_during_the_backoff_forgets_it():
+    st = decide(job(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods(r0=exited(0, 1, 0)), NOW).status
+    st = decide(job(suspend=True), st, [], NOW).status
+    assert "nextAttemptTime" not in st
+    assert decide(job(), st, [], NOW).create_ranks == [0, 1, 2, 3]
+
+
+def _parse(ts):
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+# ---- status at scale --------------------------------------------------------------------------------
+
+def big(**spec):
+    return parse_job(job_doc("kd", config="c.yaml", nnodes=4096, **spec))
+
+
+def test_a_4096_node_jobs_status_is_counts_and_a_few_ranks_not_one_entry_per_rank():
+    import json
+
+    running = [PodState(f"kd-{r}", r, 1, "Running", node=f"node-{r:04d}") for r in range(4096)]
+    d = decide(big(), {"attempt": 1, "restarts": 0, "phase": "Pending"}, running, NOW)
+    assert d.status["phase"] == "Running"
+    assert d.status["ranksByPhase"] == {"pending": 0, "running": 4096, "succeeded": 0, "failed": 0}
+    assert [e["rank"] for e in d.status["ranks"]] == list(range(32))
+    assert len(json.dumps(d.status)) < 8000
+
+    running[1234] = exited(1234, 137, at=0, reason="OOMKilled", node="node-1234")
+    d = decide(big(), d.status, running, NOW)
+    assert d.status["ranksByPhase"] == {"pending": 0, "running": 4095, "succeeded": 0, "failed": 1}
+    assert {"rank": 1234, "pod": "kd-1234", "phase": "Failed", "exitCode": 137, "reason": "OOMKilled",
+            "node": "node-1234"} in d.status["ranks"] and len(d.status["ranks"]) == 32
+    assert d.status["failedRanks"] == [{"rank": 1234, "attempt": 1, "pod": "kd-1234", "exitCode": 137,
+                                        "reason": "OOMKilled", "class": "Failure", "node": "node-1234",
+                                        "finishedAt": "2026-11-27T12:00:00Z"}]
+    assert len(json.dumps(d.status)) < 8000
+
+
+def test_a_pod_gone_from_a_running_4096_node_gang_is_seen_without_a_list_of_every_rank():
+    running = [PodState(f"kd-{r}", r, 1, "Running") for r in range(4096)]
+    st = decide(big(), {"attempt": 1, "restarts": 0, "phase": "Pending"}, running, NOW).status
+    assert all(e["rank"] != 4000 for e in st["ranks"]), "rank 4000 is not named in the status"
+    d = decide(big(), st, running[:4000] + running[4001:], NOW)
+    assert d.status["phase"] == "Restarting" and cond(d.status, "Restarting")["reason"] == "PodLost"
+    assert d.status["message"].startswith("rank 4000 (pod kd-4000) lost: gone while the gang ran")
+    assert len(d.delete_pods) == 4095
+
+
+def test_the_first_ranks_to_fail_are_the_ones_listed():
+    pods_ = [exited(r, 1, at=4096 - r, node=f"n{r}") for r in range(4096)]  # the highest rank failed first
+    d = decide(big(), {"attempt": 1, "restarts": 0, "phase": "Running"}, pods_, NOW)
+    assert [e["rank"] for e in d.status["failedRanks"]] == list(range(4095, 4095 - 32, -1))
+    assert [e["rank"] for e in d.status["ranks"]] == list(range(4096 - 32, 4096))
+    assert d.status["message"].startswith("rank 4095 (pod kd-4095) exited with code 1")
+
+
+def test_the_phases_are_one_enum_of_words():
+    Phase = importlib.import_module("razor.policy").Phase
+    d = decide(job(), None, [], NOW, service_exists=False)
+    assert type(d.status["phase"]) is str if "phase" in d.status else True
+    d = decide(job(), {"attempt": 1, "phase": "Pending"}, pods(), NOW)
+    assert d.status["phase"] == Phase.RUNNING and type(d.status["phase"]) is str
+    assert all(type(c["type"]) is str for c in d.status["conditions"])
+    assert rec.FINISHED == {Phase.SUCCEEDED, Phase.FAILED} and "Failed" in rec.FINISHED

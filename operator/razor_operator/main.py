@@ -23,7 +23,8 @@ from kubernetes.client.rest import ApiException
 from razor.crd import PLURAL
 from razor.spec import CLUSTER_DEFAULT_KEYS, GROUP, VERSION, SpecError, parse_cluster_defaults
 
-from .handlers import World, register
+from .handlers import reconcile, register
+from .world import World
 from .ports import PortIndex
 from .reconcile import FINISHED
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     api = load_kube(args.kubeconfig)
     ports = PortIndex(*args.port_range)
     rebuild_ports(api, ports, args.namespace)
-    world = World(api, ports, workers=args.workers, defaults=args.job_defaults)
+    world = World(api, ports, workers=args.workers, defaults=args.job_defaults, reconcile=reconcile)
     world.trimmer.start()
     register(world)
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from kube_cluster import ROOT, ControlPlane
-from razor.spec import CLUSTER_DEFAULTS, parse_job
+from razor.spec import CLUSTER_DEFAULTS, MUTABLE_FIELDS, parse_job
 
 pytestmark = pytest.mark.k8s
 
@@ -109,10 +109,12 @@ def test_crd_is_established_and_served(cluster: ControlPlane, namespace: str):
     by_plural = cluster.kubectl("get", "razorjobs", "-n", namespace, "-o", "name").stdout.split()
     by_short = cluster.kubectl("get", "rj", "-n", namespace, "-o", "name").stdout.split()
     assert by_plural == by_short == ["razorjob.razor.dev/digits-kd"]
-    # The printer columns: Nodes and GPUs come from the spec.
+    # The printer columns: Nodes and GPUs come from the spec; -o wide adds the attempt and the message.
     table = cluster.kubectl("get", "rj", "digits-kd", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "NODES", "GPUS", "RESTARTS", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED", "AGE"]
     assert table[1].split()[:3] == ["digits-kd", "2", "0"]
+    wide = cluster.kubectl("get", "rj", "digits-kd", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-2:] == ["ATTEMPT", "MESSAGE"]
     # In the "all" category.
     assert "razorjob.razor.dev/digits-kd" in cluster.kubectl(
         "get", "all", "-n", namespace, "-o", "name").stdout.split()
@@ -212,13 +214,67 @@ def test_what_only_razorctl_refuses_is_stored(cluster: ControlPlane, namespace: 
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.parametrize("field", ["permanentExitCodes", "retryableExitCodes"])
 @pytest.mark.parametrize("codes", [[0], [2, 256]])
-def test_exit_codes_out_of_range_are_refused(cluster: ControlPlane, namespace: str, codes: list[int]):
+def test_exit_codes_out_of_range_are_refused(cluster: ControlPlane, namespace: str, codes: list[int], field: str):
     doc = {"apiVersion": "razor.dev/v1alpha1", "kind": "RazorJob", "metadata": {"name": "codes"},
-           "spec": {"config": "trainer/configs/digits_mlp.yaml", "permanentExitCodes": codes}}
+           "spec": {"config": "trainer/configs/digits_mlp.yaml", field: codes}}
     out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
     assert out.returncode != 0
-    assert names_field(out.stderr, f"spec.permanentExitCodes[{len(codes) - 1}]"), out.stderr
+    assert names_field(out.stderr, f"spec.{field}[{len(codes) - 1}]"), out.stderr
+
+
+# ------------------------------------------------------------------------------ immutable fields
+
+
+def _patch(cluster: ControlPlane, namespace: str, spec: dict[str, Any]):
+    return cluster.kubectl("patch", "razorjob", "digits-kd", "-n", namespace, "--type=merge",
+                           "-p", json.dumps({"spec": spec}), check=False)
+
+
+@pytest.mark.parametrize("change", [
+    {"nnodes": 3}, {"gpusPerNode": 1}, {"image": "razor-trainer:other"}, {"port": 29501},
+    {"cfgOptions": {"schedule.epochs": 3}}, {"env": {"EXTRA": "1"}}, {"volumes": [{"name": "d", "emptyDir": {}}]},
+    {"terminationGracePeriodSeconds": 30}, {"nodeLostTimeoutSeconds": 5}, {"slurm": {"partition": "gpu"}},
+    {"autoScaleLR": False},  # no schema type: seen only through the spec as a whole
+])
+def test_a_running_gang_cannot_be_changed_into_a_mixed_one(cluster: ControlPlane, namespace: str,
+                                                            change: dict[str, Any]):
+    """Every field but the mutable ones is refused by the API server, naming the field."""
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    before = stored(cluster, namespace, "digits-kd")["spec"]
+    out = _patch(cluster, namespace, change)
+    assert out.returncode != 0, out.stdout
+    field = next(iter(change))
+    assert f"spec.{field}: Forbidden: cannot change once the job exists: every rank of a gang must run the " \
+           "same spec" in out.stderr, out.stderr
+    assert stored(cluster, namespace, "digits-kd")["spec"] == before
+
+
+def test_kubectl_apply_of_an_edited_file_names_the_field(cluster: ControlPlane, namespace: str):
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["nnodes"] = 4
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert out.returncode != 0 and "spec.nnodes: Forbidden: cannot change once the job exists" in out.stderr
+    assert "delete the job and create it again" in out.stderr
+
+
+def test_the_fields_meant_to_change_can_change(cluster: ControlPlane, namespace: str):
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    change = {"suspend": True, "ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 3600, "backoffLimit": 6,
+              "permanentExitCodes": [3], "retryableExitCodes": [124], "restartBackoffSeconds": 1,
+              "restartBackoffMaxSeconds": 30}
+    out = _patch(cluster, namespace, change)
+    assert out.returncode == 0, out.stderr
+    spec = stored(cluster, namespace, "digits-kd")["spec"]
+    assert {k: spec[k] for k in change} == change
+    assert set(change) == set(MUTABLE_FIELDS)
+    # and back again, and the status and the metadata as ever
+    assert _patch(cluster, namespace, {"suspend": False, "ttlSecondsAfterFinished": None}).returncode == 0
+    cluster.kubectl("patch", "razorjob", "digits-kd", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"phase": "Running"}}))
+    cluster.kubectl("label", "razorjob", "digits-kd", "-n", namespace, "team=vision")
 
 
 # ---------------------------------------------------------------------------- garbage collection

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -105,20 +105,24 @@ def phase_is(api, ns, name, phase):
     return lambda: (get_job(api, ns, name).get("status") or {}).get("phase") == phase
 
 
-def kubelet(api, namespace: str, pod: str, phase: str, exit_code: int | None = None, reason: str | None = None):
+def kubelet(api, namespace: str, pod: str, phase: str, exit_code: int | None = None, reason: str | None = None,
+            finished_at: datetime | None = None, conditions: list[dict] | None = None):
     """Set a pod's status as a kubelet would."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    finished = (finished_at or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     if phase == "Running":
         state = {"running": {"startedAt": now}}
     elif phase in ("Failed", "Succeeded"):
         state = {"terminated": {"exitCode": exit_code if exit_code is not None else (0 if phase == "Succeeded" else 1),
                                 "reason": reason or ("Completed" if phase == "Succeeded" else "Error"),
-                                "startedAt": now, "finishedAt": now}}
+                                "startedAt": now, "finishedAt": finished}}
     else:
         state = {"waiting": {"reason": "ContainerCreating"}}
     status = {"phase": phase, "containerStatuses": [{
         "name": "trainer", "ready": phase == "Running", "restartCount": 0, "image": "razor-trainer",
         "imageID": "", "state": state}]}
+    if conditions:
+        status["conditions"] = conditions
     api[0].patch_namespaced_pod_status(pod, namespace, {"status": status})
 
 
@@ -162,21 +166,26 @@ def test_four_node_job_gets_a_headless_service_and_four_pods_with_the_contract(a
         assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "2Gi"
         assert pod.metadata.owner_references[0].kind == "RazorJob"
         assert pod.spec.security_context.fs_group == 65532
-    status = get_job(api, namespace, "kd")["status"]
-    assert any(c["type"] == "Created" and c["status"] == "True" for c in status["conditions"])
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as resp:
-        metrics = resp.read().decode()
-    assert "razor_pods_created_total 4.0" in metrics
-    assert 'razor_jobs{phase="Pending"} 1.0' in metrics and "razor_reconcile_seconds_count" in metrics
+    # The operator creates the pods, then patches the status, then counts the reconcile.
+    eventually(lambda: any(c["type"] == "Created" and c["status"] == "True"
+                           for c in (get_job(api, namespace, "kd").get("status") or {}).get("conditions", [])),
+               what="the Created condition")
+
+    def metrics() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return text if 'razor_jobs{phase="Pending"} 1.0' in text else None
+    text = eventually(metrics, what="the job counted in razor_jobs")
+    assert "razor_pods_created_total 4.0" in text and "razor_reconcile_seconds_count" in text
 
 
 def test_a_failed_rank_restarts_the_gang_until_the_backoff_limit(api, namespace, operator):
-    create_job(api, namespace, "gang", nnodes=4, backoffLimit=1)
+    create_job(api, namespace, "gang", nnodes=4, backoffLimit=1, restartBackoffSeconds=1)
     run_all(api, namespace, "gang", 4)
     kubelet(api, namespace, "gang-2", "Failed", 137, "OOMKilled")
     eventually(lambda: (get_job(api, namespace, "gang")["status"].get("attempt") == 2), what="attempt 2")
     seen_restarting = get_job(api, namespace, "gang")["status"]
-    assert seen_restarting["restarts"] == 1
+    assert seen_restarting["restarts"] == 1 and seen_restarting["countedRestarts"] == 1
     pods = run_all(api, namespace, "gang", 4, attempt=2)
     assert all({e.name: e.value for e in p.spec.containers[0].env}["RAZOR_ATTEMPT"] == "2" for p in pods)
     st = get_job(api, namespace, "gang")["status"]
@@ -191,8 +200,10 @@ def test_a_failed_rank_restarts_the_gang_until_the_backoff_limit(api, namespace,
     assert st["message"] == ("rank 2 (pod gang-2) exited with code 137 (OOMKilled); "
                              "backoffLimit 1 reached after 1 restart(s)")
     assert st["completionTime"]
-    events = api[0].list_namespaced_event(namespace, field_selector="involvedObject.name=gang").items
-    assert {"Created", "Running", "Restarting", "BackoffLimitExceeded"} <= {e.reason for e in events}
+    # Events are posted beside the status patch, not with it: give them a moment.
+    eventually(lambda: {"Created", "Running", "Restarting", "BackoffLimitExceeded"} <= {
+        e.reason for e in api[0].list_namespaced_event(namespace, field_selector="involvedObject.name=gang").items},
+        what="the job's events")
 
 
 def test_a_permanent_exit_code_fails_at_once(api, namespace, operator):
@@ -202,6 +213,107 @@ def test_a_permanent_exit_code_fails_at_once(api, namespace, operator):
     eventually(phase_is(api, namespace, "perm", "Failed"), what="phase Failed")
     st = get_job(api, namespace, "perm")["status"]
     assert st["restarts"] == 0 and "exit code 2 is permanent" in st["message"]
+
+
+def test_failures_are_classified_by_time_and_a_permanent_code_on_any_rank_wins(api, cluster, namespace, tmp_path):
+    """Two jobs whose ranks failed while no operator ran, so that it sees every failure at once (as
+    it does when the events of a big gang collapse into one reconcile): in one, rank 0 exited 1
+    after rank 2 was OOM-killed; in the other, rank 0 exited 1 before rank 3's bad config (exit 2)."""
+    op = Operator(cluster, namespace, tmp_path / "op1.log").start()
+    create_job(api, namespace, "first", nnodes=4)
+    create_job(api, namespace, "perm3", nnodes=4, backoffLimit=5)
+    run_all(api, namespace, "first", 4)
+    run_all(api, namespace, "perm3", 4)
+    op.kill(signal.SIGTERM)
+    t0 = datetime.now(timezone.utc)
+    kubelet(api, namespace, "first-2", "Failed", 137, "OOMKilled", finished_at=t0 - timedelta(seconds=5))
+    kubelet(api, namespace, "first-0", "Failed", 1, "Error", finished_at=t0)
+    kubelet(api, namespace, "perm3-0", "Failed", 1, "Error", finished_at=t0 - timedelta(seconds=5))
+    kubelet(api, namespace, "perm3-3", "Failed", 2, "Error", finished_at=t0)
+    op2 = Operator(cluster, namespace, tmp_path / "op2.log").start()
+    try:
+        st = eventually(lambda: (s := get_job(api, namespace, "first")["status"]).get("attempt") == 2 and s,
+                        what="attempt 2 of first")
+        assert st["message"].startswith("rank 2 (pod first-2) exited with code 137 (OOMKilled); restarting"), st
+        assert [(e["rank"], e["exitCode"]) for e in st["failedRanks"]] == [(2, 137), (0, 1)]
+        eventually(phase_is(api, namespace, "perm3", "Failed"), what="perm3 Failed")
+        st = get_job(api, namespace, "perm3")["status"]
+        assert st["message"] == ("rank 3 (pod perm3-3) exited with code 2 (Error); exit code 2 is permanent, "
+                                 "not restarted")
+        assert st["restarts"] == 0
+        assert next(c for c in st["conditions"] if c["type"] == "Failed")["reason"] == "PermanentFailure"
+    finally:
+        op2.kill(signal.SIGTERM)
+
+
+def test_a_preempted_rank_restarts_the_gang_without_using_the_restart_budget(api, namespace, operator):
+    """backoffLimit 0, and yet: the scheduler preempts rank 1 (DisruptionTarget), razor.node stops it
+    with 75 after saving a checkpoint; then rank 0 of the next attempt exits 75 on a SIGTERM."""
+    create_job(api, namespace, "spot", nnodes=2, backoffLimit=0)
+    run_all(api, namespace, "spot", 2)
+    kubelet(api, namespace, "spot-1", "Failed", 75, "Error", conditions=[{
+        "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+        "message": "Preempted in order to admit critical pod"}])
+    st = eventually(lambda: (s := get_job(api, namespace, "spot")["status"]).get("attempt") == 2 and s,
+                    what="attempt 2")
+    assert (st["restarts"], st["countedRestarts"], st["disruptionRestarts"]) == (1, 0, 1)
+    assert "nextAttemptTime" not in st, "a disruption restarts at once"
+    restarting = next(c for c in st["conditions"] if c["type"] == "Restarting")
+    assert restarting["reason"] == "Preempted"
+    assert st["message"] == ("rank 1 (pod spot-1) exited with code 75 (Error): preempted by the scheduler for a "
+                             "pod of higher priority; restarting all 2 rank(s) as attempt 2 (a disruption: not "
+                             "counted against backoffLimit)")
+    run_all(api, namespace, "spot", 2, attempt=2)
+    kubelet(api, namespace, "spot-0", "Failed", 75, "Error")
+    st = eventually(lambda: (s := get_job(api, namespace, "spot")["status"]).get("attempt") == 3 and s,
+                    what="attempt 3")
+    assert (st["phase"], st["restarts"], st["countedRestarts"]) == ("Restarting", 2, 0)
+    run_all(api, namespace, "spot", 2, attempt=3)
+    kubelet(api, namespace, "spot-1", "Failed", 1, "Error")  # a real failure: the budget is 0
+    eventually(phase_is(api, namespace, "spot", "Failed"), what="phase Failed")
+    st = get_job(api, namespace, "spot")["status"]
+    assert st["message"] == ("rank 1 (pod spot-1) exited with code 1 (Error); backoffLimit 0 reached after "
+                             "0 restart(s) (2 more not counted)")
+
+
+def test_counted_restarts_wait_for_the_backoff_which_doubles(api, namespace, operator):
+    """The operator's own clock starts the next attempt at status.nextAttemptTime, not before."""
+    create_job(api, namespace, "loop", nnodes=2, backoffLimit=3, restartBackoffSeconds=3, retryableExitCodes=[124])
+    run_all(api, namespace, "loop", 2)
+    for attempt, wait in ((1, 3), (2, 6), (3, 12)):
+        code = 124 if attempt == 2 else 1  # retryable: not counted, but backed off too
+        kubelet(api, namespace, "loop-1", "Failed", code, "Error")
+        st = eventually(lambda: (s := get_job(api, namespace, "loop")["status"]).get("attempt") == attempt + 1
+                        and s, what=f"attempt {attempt + 1}")
+        assert f"as attempt {attempt + 1} in {wait}s" in st["message"], st["message"]
+        due = datetime.strptime(st["nextAttemptTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        pods = eventually(all_pods(api, namespace, "loop", 2, attempt + 1), timeout=wait + 30,
+                          what=f"attempt {attempt + 1}'s pods")
+        assert all(p.metadata.creation_timestamp >= due for p in pods), (due, [p.metadata.creation_timestamp
+                                                                              for p in pods])
+        run_all(api, namespace, "loop", 2, attempt=attempt + 1)
+    st = get_job(api, namespace, "loop")["status"]
+    assert (st["restarts"], st["countedRestarts"], st["disruptionRestarts"]) == (3, 2, 0)
+    assert "nextAttemptTime" not in st
+
+
+def test_a_big_jobs_status_counts_its_ranks_and_names_a_few(api, cluster, namespace, operator):
+    """40 ranks: status.ranks names 32 of them; a pod that vanishes from the running gang (one the
+    status does not name) is still a gang failure, seen from the expected ranks 0..nnodes-1."""
+    create_job(api, namespace, "wide", nnodes=40)
+    run_all(api, namespace, "wide", 40)
+    st = get_job(api, namespace, "wide")["status"]
+    assert st["ranksByPhase"] == {"pending": 0, "running": 40, "succeeded": 0, "failed": 0}
+    assert [e["rank"] for e in st["ranks"]] == list(range(32))
+    table = cluster.kubectl("get", "rj", "wide", "-n", namespace).stdout.splitlines()
+    assert table[0].split()[:7] == ["NAME", "PHASE", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED"]
+    assert table[1].split()[:7] == ["wide", "Running", "40", "0", "40", "0", "0"]
+    api[0].delete_namespaced_pod("wide-37", namespace, grace_period_seconds=0)
+    st = eventually(lambda: (s := get_job(api, namespace, "wide")["status"]).get("attempt") == 2 and s,
+                    what="attempt 2")
+    assert st["message"].startswith("rank 37 (pod wide-37) lost: gone while the gang ran"), st["message"]
+    assert next(c for c in st["conditions"] if c["type"] == "Restarting")["reason"] == "PodLost"
+    assert st["failedRanks"][0]["rank"] == 37 and st["failedRanks"][0]["class"] == "Disruption"
 
 
 def test_all_ranks_succeeded(api, namespace, operator):
@@ -379,6 +491,7 @@ def test_a_lost_nodes_pod_never_confirmed_deleted_is_force_deleted_and_the_gang_
     st = eventually(lambda: (s := get_job(api, namespace, "lost")["status"]).get("attempt") == 2 and s,
                     what="attempt 2")
     assert st["phase"] == "Restarting" and st["restarts"] == 1
+    assert (st["countedRestarts"], st["disruptionRestarts"]) == (0, 1), "a lost node is not the job's fault"
     restarting = next(c for c in st["conditions"] if c["type"] == "Restarting")
     assert restarting["reason"] == "NodeLost"
     assert restarting["message"].startswith(f"rank 1 (pod lost-1) lost with node {bad}: evicted by the taint manager")
@@ -429,4 +542,4 @@ def test_kubernetes_evicts_a_silent_nodes_pods_and_the_gang_runs_again_when_it_i
                timeout=60, what=f"the NoExecute taint of {silent} removed")
     run_on(api, namespace, "evict", {"evict-0": good, "evict-1": silent}, attempt=2)
     st = get_job(api, namespace, "evict")["status"]
-    assert (st["phase"], st["attempt"], st["restarts"]) == ("Running", 2, 1)
+    assert (st["phase"], st["attempt"], st["restarts"], st["countedRestarts"]) == ("Running", 2, 1, 0)
