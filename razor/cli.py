@@ -3,30 +3,32 @@
     razorctl submit job.yaml              create it on Kubernetes (current kubeconfig context)
     razorctl submit --local job.yaml      run it on this machine, one torchrun per node
     razorctl render [--local] job.yaml    print exactly what submit would create or run
-    razorctl status|logs|cancel|wait NAME a job on Kubernetes
+    razorctl status|logs|cancel|wait NAME a job on Kubernetes (--slurm JOB: on SLURM)
     razorctl list                         the jobs of a namespace (-A: of every namespace)
     razorctl validate job.yaml            check a RazorJob without running anything
+
+Every command but validate is one method of the chosen backend (razor.backends.Backend).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from .backends import Backend, Refused, get
 from .spec import SpecError, load_job
 
 EXIT_INVALID = 2
 
 
-def _backend(args: argparse.Namespace) -> str:
-    if args.slurm:
-        return "slurm"
-    if args.local:
-        return "local"
-    return "kubernetes"
+def backend(args: argparse.Namespace) -> Backend:
+    """The backend the command line names (--slurm, --local, else Kubernetes), with its options."""
+    name = "slurm" if getattr(args, "slurm", False) else "local" if getattr(args, "local", False) else "kubernetes"
+    return get(name, cwd=Path.cwd(), namespace=getattr(args, "namespace", None),
+               kubeconfig=getattr(args, "kubeconfig", None), context=getattr(args, "context", None),
+               defaults_from=getattr(args, "defaults_from", None))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -47,152 +49,34 @@ def _dump(doc: dict, fmt: str) -> None:
         print(yaml.safe_dump(doc, sort_keys=False), end="")
 
 
-def _cluster(args: argparse.Namespace):
-    from .backends.kubernetes import Cluster
-
-    cluster = Cluster(args.kubeconfig, args.context)
-    return cluster, args.namespace or cluster.namespace
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     job = load_job(args.file)
-    backend = _backend(args)
-    if backend == "slurm":
-        from . import slurm
-        from .backends import local
-
-        config = local.check(job, Path.cwd(), args.file)
-        sys.stdout.write(slurm.render(job, str(Path.cwd()), sys.executable, config))
-        return 0
-    if backend == "kubernetes":
-        from .backends import kubernetes
-
-        fmt = "json" if args.output == "json" else "yaml"
-        # The namespace as submit picks it, and the cluster's defaults as the operator applies them.
-        try:
-            cluster, ns = _cluster(args)
-            defaults, note = cluster.defaults(args.defaults_from or os.environ.get(kubernetes.DEFAULTS_ENV)
-                                              or kubernetes.DEFAULTS_LOCATION)
-        except kubernetes.KubeError as exc:
-            if args.defaults_from:
-                raise
-            ns, defaults, note = "default", {}, f"{exc}; showing razor's own defaults"
-        if note:
-            print(f"razorctl: note: {note}", file=sys.stderr)
-        sys.stdout.write(kubernetes.render(job, args.namespace or job.metadata.namespace or ns, fmt, defaults))
-        return 0
-    from .backends import local
-
-    cwd = Path.cwd()
-    config = local.check(job, cwd, args.file)
-    port = local.fixed_port(job, config)
-    p = local.plan(job, cwd, port if port is not None else local.free_port(),
-                   "fixed" if port is not None else "auto")
-    sys.stdout.write(local.render(p, args.output))
+    sys.stdout.write(backend(args).render(job, args.file, args.output))
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    job = load_job(args.file)
-    backend = _backend(args)
-    if backend == "slurm":
-        from .backends import local, slurm
-
-        config = local.check(job, Path.cwd(), args.file)
-        job_id = slurm.submit(job, Path.cwd(), config)
-        print(f"razor: submitted RazorJob {job.name} as SLURM job {job_id}; logs in "
-              f"{job.spec.work_dir}/logs/")
-        print(f"  razorctl status --slurm {job_id}    razorctl logs --slurm -f {job_id}")
-        return 0
-    if backend == "kubernetes":
-        cluster, ns = _cluster(args)
-        ns = args.namespace or job.metadata.namespace or ns
-        cluster.submit(job, ns)
-        print(f"razorjob.razor.dev/{job.name} created in namespace {ns}")
-        print(f"  razorctl status {job.name} -n {ns}    razorctl logs -f {job.name} -n {ns}")
-        return 0
-    from .backends import local
-
-    try:
-        return local.submit(job, Path.cwd(), args.file)
-    except local.PortInUse as exc:
-        print(f"razorctl: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    return backend(args).submit(load_job(args.file), args.file)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if args.slurm:
-        from .backends import slurm
-
-        st = slurm.status(slurm.find(args.name))
-        print(json.dumps(st.__dict__) if args.output == "json" else st.describe())
-        return 0
-    from .backends import kubernetes
-
-    cluster, ns = _cluster(args)
-    obj = cluster.get(args.name, ns)
-    if args.output == "text":
-        sys.stdout.write(kubernetes.describe(obj))
-    else:
-        kubernetes.dump(obj, args.output)
-    return 0
+    return backend(args).status(args.name, args.output)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.slurm:
-        from .backends import slurm
-
-        sys.stdout.write(slurm.jobs())
-        return 0
-    from .backends import kubernetes
-
-    cluster, ns = _cluster(args)
-    items = cluster.list(None if args.all_namespaces else ns)
-    if args.output == "text":
-        sys.stdout.write(kubernetes.table(items, args.all_namespaces))
-    else:
-        kubernetes.dump({"apiVersion": "v1", "kind": "List", "items": items}, args.output)
-    return 0
+    return backend(args).list(args.all_namespaces, args.output)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    if args.slurm:
-        from .backends import slurm
-
-        slurm.logs(slurm.find(args.name), args.rank, args.follow, sys.stdout)
-        return 0
-    cluster, ns = _cluster(args)
-    cluster.logs(args.name, ns, args.rank or 0, args.follow, sys.stdout)
-    return 0
+    return backend(args).logs(args.name, args.rank, args.follow)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    if args.slurm:
-        from .backends import slurm
-
-        job_id = slurm.find(args.name)
-        slurm.cancel(job_id)
-        print(f"SLURM job {job_id} cancelled")
-        return 0
-    cluster, ns = _cluster(args)
-    cluster.cancel(args.name, ns)
-    print(f"razorjob.razor.dev/{args.name} deleted (its pods and service go with it)")
-    return 0
+    return backend(args).cancel(args.name)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    if args.slurm:
-        from .backends import slurm
-
-        st = slurm.wait(slurm.find(args.name), args.timeout)
-        print(st.describe())
-        return 0 if st.phase == "Succeeded" else 1
-    from .backends import kubernetes
-
-    cluster, ns = _cluster(args)
-    obj = cluster.wait(args.name, ns, args.timeout)
-    sys.stdout.write(kubernetes.describe(obj))
-    return 0 if obj["status"]["phase"] == "Succeeded" else 1
+    return backend(args).wait(args.name, args.timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, Refused) as exc:  # a bad file, or a job that cannot start here: nothing started
         print(f"razorctl: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except RuntimeError as exc:  # KubeError and the like: a clear line, no traceback

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .launcher import DEFAULT_PORT_K8S, node_argv, node_env, requested_port
+from .launcher import DEFAULT_PORT, Network, PortChoice, job_port as port_rule, node_argv, node_env
 from .spec import API_VERSION, KIND, RazorJob
 
 LABEL_JOB = "razor.dev/job-name"
@@ -32,13 +32,24 @@ def pod_name(job: RazorJob, rank: int) -> str:
     return f"{job.name}-{rank}"
 
 
+def network(job: RazorJob) -> Network:
+    """A pod has a network namespace of its own; with hostNetwork it shares its host's, and the
+    operator allocates the port."""
+    return Network.ALLOCATED if job.spec.host_network else Network.OWN
+
+
+def port_choice(job: RazorJob, allocated: int | None = None) -> PortChoice:
+    """The one port rule (razor.launcher.job_port) for the job's pods. The config is in the image,
+    so only what the RazorJob says counts here: razorctl, which can read the config, sends a port
+    the config fixes as spec.port (razor.backends.kubernetes)."""
+    return port_rule(job, None, network(job), allocated)
+
+
 def job_port(job: RazorJob, allocated: int | None = None) -> int:
-    """Each pod has its own network namespace, so a fixed port never collides; with hostNetwork
-    the operator allocates one (``allocated``)."""
-    if allocated is not None:
-        return allocated
-    port = requested_port(job)  # spec.port, else cfgOptions dist_params.port (the seed's Option 2)
-    return DEFAULT_PORT_K8S if port is None else port
+    """The port the pods use: the rule's; for a hostNetwork job whose port the operator has not
+    allocated yet (``razorctl render``), the first of the operator's default range."""
+    choice = port_choice(job, allocated)
+    return DEFAULT_PORT if choice.port is None else choice.port
 
 
 def tolerations(job: RazorJob) -> list[dict[str, Any]]:

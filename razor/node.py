@@ -11,10 +11,12 @@ Standard library only: this runs before anything heavy is imported, on every bac
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 #: Exit code of a trainer (and of razor.node) that stopped on SIGTERM/SIGUSR2 after saving a
@@ -136,6 +138,40 @@ def kill_tree(pid: int) -> None:
                 pass
 
 
+#: torchrun's report of the first worker that failed ("Root Cause (first observed failure)"):
+#: its ``exitcode`` line, negative for a signal.
+_ROOT_CAUSE = re.compile(r"Root Cause")
+_EXITCODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def _pump_stderr(stream, found: dict[str, int]) -> None:
+    """Copy torchrun's stderr to ours as it comes, noting the root cause's exit code: torchrun
+    itself exits 1 whatever its worker's code was (a bad config's 2, an OOM kill's -9)."""
+    out = getattr(sys.stderr, "buffer", None)
+    in_root = False
+    for raw in iter(stream.readline, b""):
+        if out is not None:
+            out.write(raw)
+            out.flush()
+        else:  # a text-only stderr (tests)
+            sys.stderr.write(raw.decode(errors="replace"))
+        line = raw.decode(errors="replace")
+        in_root = in_root or bool(_ROOT_CAUSE.search(line))
+        m = _EXITCODE.match(line)
+        if m and in_root and "code" not in found:
+            found["code"] = int(m.group(1))
+    stream.close()
+
+
+def exit_code(torchrun_code: int, worker_code: int | None) -> int:
+    """The node's exit code: the failed worker's own (a signal N as 128 + N, as a shell and a
+    container runtime say it) when torchrun reported one, else torchrun's."""
+    code = torchrun_code
+    if code != 0 and worker_code not in (None, 0):
+        code = worker_code
+    return code if code >= 0 else 128 - code
+
+
 def run(args: list[str], environ: dict[str, str] | None = None) -> int:
     environ = dict(os.environ if environ is None else environ)
     if args and args[0] == "--":
@@ -158,7 +194,11 @@ def run(args: list[str], environ: dict[str, str] | None = None) -> int:
     for name, value in settings.items():
         environ[name] = value
         environ[f"PET_{name}"] = value
-    proc = subprocess.Popen(torchrun_command(settings, args), env=environ, start_new_session=True)
+    proc = subprocess.Popen(torchrun_command(settings, args), env=environ, start_new_session=True,
+                            stderr=subprocess.PIPE)
+    root_cause: dict[str, int] = {}
+    pump = threading.Thread(target=_pump_stderr, args=(proc.stderr, root_cause), daemon=True)
+    pump.start()
     stopping: dict[str, float] = {}
 
     def forward(signum: int, _frame: object) -> None:
@@ -184,9 +224,10 @@ def run(args: list[str], environ: dict[str, str] | None = None) -> int:
             if stopping and time.monotonic() - stopping["since"] > grace:
                 log(f"training processes still running {grace:g}s after the stop signal; killing them")
                 kill_tree(proc.pid)
+    pump.join(10)
     if stopping and code != 0:
         return EXIT_PREEMPTED
-    return code if code >= 0 else 128 - code
+    return exit_code(code, root_cause.get("code"))
 
 
 def main(argv: list[str] | None = None) -> int:

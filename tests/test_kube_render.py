@@ -62,6 +62,19 @@ def test_host_network_gets_its_dns_policy_and_the_allocated_port():
     assert env["MASTER_PORT"] == "30123"
 
 
+def test_host_network_uses_the_allocated_port_even_over_a_fixed_one():
+    """The one port rule: on the hosts' network the operator's allocation wins (a cluster's default
+    port would otherwise put every hostNetwork job on one port); before it is made (razorctl
+    render), the first port of the operator's range is shown."""
+    for spec in ({}, {"port": 29700}, {"cfgOptions": {"dist_params.port": 29701}}):
+        job = parse_job(job_doc("hn", config="c.yaml", hostNetwork=True, **spec))
+        assert pod_env(kube.pod(job, 0, "ml", port=30123))["MASTER_PORT"] == "30123"
+        assert kube.service(job, "ml", port=30123)["spec"]["ports"][0]["port"] == 30123
+        assert pod_env(kube.pod(job, 0, "ml"))["MASTER_PORT"] == "29500"
+    fixed = parse_job(job_doc("own", config="c.yaml", port=29700))
+    assert pod_env(kube.pod(fixed, 0, "ml"))["MASTER_PORT"] == "29700"
+
+
 def test_crd_file_is_current():
     path = ROOT / "crds" / "razorjob.yaml"
     assert path.read_text() == crd.render(), "crds/razorjob.yaml is stale: python -m razor.crd > crds/razorjob.yaml"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from conftest import CONFIGS, DATA, env_for_tests, razorctl, razorctl_popen, write_job
@@ -76,7 +77,8 @@ def test_two_nodes_train_kd_together_and_agree_on_the_weights(tmp_path: Path):
     assert "razor: job digits-kd: 2 node(s) x 1 process(es) (CPU, gloo)" in out
     assert "[node0] " in out and "lr 0.4 -> 0.1 (8 -> 2 GPUs, total batch 256 -> 64)" in out
     assert re.search(r"razor: done\. student accuracy 0\.9\d+ on 359 held-out samples \(teacher", out)
-    assert "razor: job digits-kd succeeded" in out
+    assert re.search(r"razor: job digits-kd Succeeded in [\d.]+s, attempt 1, restarts: 0 \(counted 0, "
+                     r"disruptions 0\); work dir ", out)
     # Rank 0 reports; node 1 stays quiet.
     assert not [line for line in out.splitlines() if line.startswith("[node1]") and "epoch" in line]
     s = summary(wd)
@@ -245,13 +247,163 @@ def test_user_script_gets_the_launcher_contract(tmp_path: Path):
 
 def test_a_failing_rank_stops_the_whole_gang(tmp_path: Path):
     job = write_job(tmp_path / "fail.yaml", "fails", script=str(DATA / "fail_rank1.py"), nnodes=2,
-                    port="auto", workDir=str(tmp_path / "wd"))
+                    port="auto", workDir=str(tmp_path / "wd"), backoffLimit=0)
     started = time.monotonic()
     res = razorctl("submit", "--local", str(job), cwd=tmp_path, timeout=120)
     assert res.returncode != 0
     assert "razor: node 1 exited with code" in res.stdout
-    assert re.search(r"razor: job fails failed after [\d.]+s: node 1 exited with code \d+", res.stdout)
+    assert re.search(r"razor: job fails Failed in [\d.]+s, attempt 1, restarts: 0 \(counted 0, disruptions 0\): "
+                     r"rank 1 exited with code \d+; backoffLimit 0 reached after 0 restart\(s\)", res.stdout)
     assert time.monotonic() - started < 100, "rank 0 must not be left waiting in its barrier"
+
+
+# ----------------------------------------------------------------------------- the failure policy
+# tests/data/flaky.py: rank FAIL_RANK exits FAIL_CODE on the first FAIL_ATTEMPTS attempts (the
+# others wait in a barrier), or every rank waits to be stopped on the first HOLD_ATTEMPTS; each
+# rank records each attempt in attempts.jsonl.
+
+
+def flaky_job(tmp_path: Path, env: dict, **spec) -> tuple[Path, Path]:
+    wd = tmp_path / "wd"
+    spec = {"nnodes": 2, "port": "auto", "restartBackoffSeconds": 1, **spec}
+    return write_job(tmp_path / "flaky.yaml", "flaky", script=str(DATA / "flaky.py"), workDir=str(wd),
+                     env={k: str(v) for k, v in env.items()}, **spec), wd
+
+
+def attempts(wd: Path) -> list[tuple[int, int]]:
+    """(attempt, rank) of every rank that started, in order of attempts."""
+    path = wd / "attempts.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return sorted((r["attempt"], r["rank"]) for r in rows)
+
+
+@pytest.mark.parametrize("spec, then", [
+    ({"backoffLimit": 3}, "in 1s (restart 1 of 3)"),
+    ({"backoffLimit": 0, "retryableExitCodes": [3]},
+     "in 1s (exit code 3 is retryable: not counted against backoffLimit)"),
+], ids=["counted", "retryable"])
+def test_a_failed_attempt_restarts_the_whole_gang_and_the_next_attempt_succeeds(tmp_path: Path, spec, then):
+    """Rank 1 fails on attempt 1 (exit 3, which razor.node reports as its worker's): every node starts again as
+    attempt 2, with RAZOR_ATTEMPT=2, after the backoff, and the job succeeds."""
+    job, wd = flaky_job(tmp_path, {"FAIL_ATTEMPTS": 1}, **spec)
+    res = razorctl("submit", "--local", str(job), cwd=tmp_path, timeout=240)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "razor: node 1 exited with code 3; stopping the other nodes" in out
+    assert f"razor: rank 1 exited with code 3; restarting all 2 rank(s) as attempt 2 {then}" in out
+    assert re.search(r"razor: attempt 2 of job flaky: rendezvous 127\.0\.0\.1:\d+ \(auto\)", out)
+    counted = 1 if "retryableExitCodes" not in spec else 0
+    assert re.search(rf"razor: job flaky Succeeded in [\d.]+s, attempt 2, restarts: 1 \(counted {counted}, "
+                     rf"disruptions 0\); work dir {re.escape(str(wd))}", out), out
+    assert attempts(wd) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert "rank 0: attempt 2 passed" in out and "rank 1: attempt 2 passed" in out
+    restarted, done = out.index("restarting all 2 rank(s)"), out.index("attempt 2 of job flaky")
+    assert "[node" not in out[restarted:done], "the next attempt starts once every node of the last has gone"
+
+
+def test_a_permanent_exit_code_fails_the_job_at_once(tmp_path: Path):
+    """The worker's own exit code (flaky.py's 3), made permanent: no restart."""
+    job, wd = flaky_job(tmp_path, {"FAIL_ATTEMPTS": "all"}, backoffLimit=5, permanentExitCodes=[3])
+    res = razorctl("submit", "--local", str(job), cwd=tmp_path, timeout=120)
+    out = res.stdout
+    assert res.returncode == 1, out + res.stderr
+    assert re.search(r"razor: job flaky Failed in [\d.]+s, attempt 1, restarts: 0 \(counted 0, disruptions 0\): "
+                     r"rank 1 exited with code 3; exit code 3 is permanent, not restarted", out), out
+    assert "restarting" not in out
+    assert attempts(wd) == [(1, 0), (1, 1)]
+
+
+def test_a_workers_permanent_exit_code_reaches_the_policy(tmp_path: Path):
+    """torchrun exits 1 whatever its worker's code; razor.node reports the worker's own."""
+    job, wd = flaky_job(tmp_path, {"FAIL_ATTEMPTS": "all", "FAIL_CODE": 2}, backoffLimit=1,
+                        restartBackoffSeconds=0)
+    res = razorctl("submit", "--local", str(job), cwd=tmp_path, timeout=120)
+    assert "rank 1 exited with code 2; exit code 2 is permanent, not restarted" in res.stdout
+    assert attempts(wd) == [(1, 0), (1, 1)]
+
+
+def test_backoff_limit_reached_fails_the_job_with_the_counts(tmp_path: Path):
+    job, wd = flaky_job(tmp_path, {"FAIL_ATTEMPTS": "all"}, backoffLimit=1)
+    res = razorctl("submit", "--local", str(job), cwd=tmp_path, timeout=240)
+    out = res.stdout
+    assert res.returncode == 1, out + res.stderr
+    assert "razor: rank 1 exited with code 3; restarting all 2 rank(s) as attempt 2 in 1s (restart 1 of 1)" in out
+    assert re.search(r"razor: job flaky Failed in [\d.]+s, attempt 2, restarts: 1 \(counted 1, disruptions 0\): "
+                     r"rank 1 exited with code 3; backoffLimit 1 reached after 1 restart\(s\)", out), out
+    assert attempts(wd) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def node_pid(root: int, rank: int) -> int:
+    """The razor.node process of node ``rank`` below ``root`` (razorctl)."""
+    for pid in descendants(root):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"razor.node" in argv and f"NODE_RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no razor.node of node {rank} below {root}")
+
+
+def test_a_node_stopped_by_someone_else_is_a_disruption_not_counted(tmp_path: Path):
+    """SIGTERM to node 1 alone (not from razorctl: a preemption, a shutdown): it saves and exits
+    75, and the gang restarts at once without using the restart budget (backoffLimit 0)."""
+    job, wd = flaky_job(tmp_path, {"HOLD_ATTEMPTS": 1}, backoffLimit=0, restartBackoffSeconds=30)
+    proc = razorctl_popen("submit", "--local", str(job), cwd=tmp_path)
+    try:
+        wait_for(lambda: (wd / "ready0").exists() and (wd / "ready1").exists(), 120, "attempt 1 running", proc)
+        os.kill(node_pid(proc.pid, 1), signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert ("razor: rank 1 exited with code 75: stopped by a signal razor did not send (checkpoint saved); "
+            "restarting all 2 rank(s) as attempt 2 (a disruption: not counted against backoffLimit)") in out
+    assert re.search(r"razor: job flaky Succeeded in [\d.]+s, attempt 2, restarts: 1 \(counted 0, "
+                     r"disruptions 1\)", out), out
+    assert attempts(wd) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize("when", ["running", "backoff"])
+def test_ctrl_c_stops_everything_and_never_restarts(tmp_path: Path, when: str):
+    """Ctrl-C while the gang runs: every node stops (exit 75), no restart, though razor itself
+    sent the SIGTERM that made them exit 75. Ctrl-C during the backoff: the next attempt never
+    starts."""
+    env = {"HOLD_ATTEMPTS": 1} if when == "running" else {"FAIL_ATTEMPTS": 1}
+    job, wd = flaky_job(tmp_path, env, restartBackoffSeconds=60)
+    proc = razorctl_popen("submit", "--local", str(job), cwd=tmp_path)
+    seen = []
+
+    def ready() -> bool:
+        if when == "running":
+            return (wd / "ready0").exists() and (wd / "ready1").exists()
+        line = proc.stdout.readline()
+        seen.append(line)
+        return "restarting all 2 rank(s) as attempt 2 in 60s" in line
+
+    try:
+        wait_for(ready, 120, f"the job {when}", proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = "".join(seen) + out
+    if when == "running":
+        assert proc.returncode == 75, out
+        assert "razor: SIGINT: stopping all nodes (they save a checkpoint first)" in out
+        assert "restarting" not in out
+    else:
+        assert proc.returncode == 130, out
+        assert "razor: SIGINT: stopping; no further attempt starts" in out
+    assert re.search(r"razor: job flaky stopped \(SIGINT\) after [\d.]+s, attempt 1, restarts: 0 \(counted 0, "
+                     r"disruptions 0\); submit it again to resume from its last checkpoint", out), out
+    assert "attempt 2 of job flaky" not in out
+    assert attempts(wd) == [(1, 0), (1, 1)]
 
 
 def test_two_jobs_with_port_auto_run_at_once(tmp_path: Path):
@@ -312,6 +464,11 @@ def test_render_local_prints_the_plan_and_runs_nothing(tmp_path: Path):
 def test_examples_run_locally(tmp_path: Path, example: str):
     from conftest import ROOT
 
-    res = razorctl("submit", "--local", str(ROOT / "examples" / example), cwd=ROOT)
+    # As written, but in a work dir of the test's own: the repository's work_dirs/ may hold another
+    # run's (and so another job's) checkpoints, which a second run would not train past.
+    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc["spec"]["workDir"] = str(tmp_path / "wd")
+    (tmp_path / example).write_text(yaml.safe_dump(doc))
+    res = razorctl("submit", "--local", str(tmp_path / example), cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "succeeded" in res.stdout
+    assert "Succeeded" in res.stdout

@@ -109,3 +109,13 @@ def node_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("0.0.0.0", 0))
         return sock.getsockname()[1]
+
+
+def test_the_nodes_exit_code_is_its_failed_workers_own():
+    """torchrun exits 1 whatever its worker's code: razor.node reports the root cause's."""
+    from razor.node import exit_code
+
+    assert exit_code(1, 2) == 2          # a trainer's bad config: permanent by default
+    assert exit_code(1, -9) == 137       # SIGKILL (the OOM killer): as a container runtime says it
+    assert exit_code(1, None) == 1       # no report (torchrun itself failed)
+    assert exit_code(0, None) == 0 and exit_code(-15, None) == 143

@@ -96,17 +96,3 @@ def test_launcher_slurm_reads_slurms_variables(tmp_path: Path):
     assert res.returncode == 2
     assert "--launcher slurm outside torchrun needs MASTER_ADDR or SLURM_JOB_NODELIST" in res.stderr
 
-
-def test_dist_train_gives_the_node_port_beside_master_port(tmp_path: Path):
-    # The contract's PORT (the seed's name) and MASTER_PORT agree, whichever the caller set.
-    stub = tmp_path / "python"
-    stub.write_text('#!/bin/sh\nenv > "$ENV_OUT"\n')
-    stub.chmod(0o755)
-    base = {k: v for k, v in env_for_tests().items() if k not in ("PORT", "MASTER_PORT")}
-    for given, want in (({"PORT": "29601"}, "29601"), ({"MASTER_PORT": "29602"}, "29602"), ({}, "29500")):
-        env = {**base, "PYTHON": str(stub), "ENV_OUT": str(tmp_path / "env"), **given}
-        res = subprocess.run(["sh", str(ROOT / "tools" / "dist_train.sh"), MLP, "1"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
-        seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
-        assert seen["PORT"] == seen["MASTER_PORT"] == want, given

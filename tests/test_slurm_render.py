@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from conftest import job_doc
 from razor import slurm
-from razor.backends.slurm import phase_of
+from razor.backends.slurm import (CommentState, TaskEnd, counters, failed_ranks, parse_comment, phase_of,
+                                  record_fields, srun_report)
 from razor.config import format_value, parse_value
+from razor.policy import FailureClass, Phase, Policy, Restarts, on_failure
 from razor.seedtools import job_from_seed
 from razor.spec import SpecError, parse_job
 from test_kube_render import check_golden
@@ -97,13 +100,100 @@ def test_a_work_dir_with_spaces_cannot_be_an_sbatch_directive():
         slurm.render(job, "/x")
 
 
-@pytest.mark.parametrize("state, phase", [
-    ("PENDING", "Pending"), ("REQUEUED", "Pending"), ("PREEMPTED", "Pending"), ("RUNNING", "Running"),
-    ("COMPLETED", "Succeeded"), ("FAILED", "Failed"), ("TIMEOUT", "Failed"), ("OUT_OF_MEMORY", "Failed"),
-    ("NODE_FAIL", "Failed"), ("CANCELLED by 0", "Cancelled"), ("CANCELLED+", "Cancelled"),
+@pytest.mark.parametrize("state, restarts, phase", [
+    ("PENDING", 0, "Pending"), ("PENDING", 1, "Restarting"), ("REQUEUED", 1, "Restarting"),
+    ("PREEMPTED", 0, "Restarting"), ("REQUEUE_HOLD", 2, "Restarting"), ("RUNNING", 0, "Running"),
+    ("RUNNING", 3, "Running"), ("COMPLETED", 0, "Succeeded"), ("FAILED", 0, "Failed"), ("TIMEOUT", 0, "Failed"),
+    ("OUT_OF_MEMORY", 0, "Failed"), ("NODE_FAIL", 0, "Failed"), ("CANCELLED by 0", 0, "Failed"),
+    ("CANCELLED+", 0, "Failed"), ("SUSPENDED", 0, "Suspended"),
 ])
-def test_states(state, phase):
-    assert phase_of(state) == phase
+def test_states_are_razors_phases(state, restarts, phase):
+    """The words of razor.policy.Phase on every backend: a job that waits to run again is
+    Restarting; a cancelled one is Failed (its SLURM state says CANCELLED)."""
+    assert phase_of(state, restarts) == phase
+    assert phase in {p.value for p in Phase}
+
+
+def test_the_comment_keeps_the_counters_slurm_does_not():
+    c = CommentState("Restarting", 3, 1, 1, "rank 1 (node2) exited with code 124; x=y")
+    assert "=" not in c.text(), "scontrol show job -o would read key= as a field of its own"
+    back = parse_comment(c.text())
+    assert (back.phase, back.attempt, back.counted, back.retryable) == ("Restarting", 3, 1, 1)
+    assert back.message == "rank 1 (node2) exited with code 124; x:y"
+    # 4 restarts in all: 1 counted, 1 after a retryable code, the other 2 were disruptions.
+    assert counters(4, c.text()) == Restarts(4, 1, 2)
+    assert counters(2, "a comment of the user's") == Restarts(2, 0, 2)
+    assert counters(0, None) == Restarts()
+    fields = record_fields(f"JobId=7 JobState=PENDING Restarts=1 Comment={c.text()} StdErr=/x/e StdOut=/x/o")
+    assert fields["Comment"] == c.text() and fields["StdOut"] == "/x/o" and fields["Restarts"] == "1"
+
+
+SRUN_2_NODES = """\
+srun: error: node2: task 1: Exited with exit code 3
+srun: launch/slurm: _step_signal: Terminating StepId=11.0
+slurmstepd-node1: error: *** STEP 11.0 ON node1 CANCELLED AT 2026-12-01T04:17:50 ***
+srun: error: node1: task 0: Exited with exit code 75
+"""
+
+
+def test_srun_report_tells_the_failure_from_what_srun_stopped_after_it():
+    """srun's exit code is the highest of its tasks': 75 here, from rank 0 that srun itself
+    stopped (--kill-on-bad-exit) after rank 1 failed with 3. The failure is rank 1's."""
+    before, after = srun_report(SRUN_2_NODES)
+    assert before == [TaskEnd(1, "node2", 3)]
+    assert after == [TaskEnd(0, "node1", 75)]
+    before, _ = srun_report("srun: error: vm: tasks 0-1: Killed\nsrun: error: n3: task 2: Segmentation fault "
+                            "(core dumped)\nsrun: error: Node failure on n4\n")
+    assert before == [TaskEnd(0, "vm", 137, "SIGKILL"), TaskEnd(1, "vm", 137, "SIGKILL"),
+                      TaskEnd(2, "n3", 139, "SIGSEGV"), TaskEnd(-1, "n4", None, "NodeFailure")]
+
+
+def test_the_policy_decides_from_srun_report():
+    """The same verdicts as on Kubernetes: rank 1's failure, counted (not rank 0's follow-on 75);
+    a rank whose node is down now was lost with it (a disruption, not counted)."""
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    before, _ = srun_report(SRUN_2_NODES)
+    outcomes = failed_ranks(before, 75, {"node2": ("IDLE", "")}, ["node1", "node2"], now)
+    v = on_failure(Policy(), outcomes, Restarts(), 1, 2)
+    assert v.failure_class is FailureClass.FAILURE and v.restarts == Restarts(1, 1, 0)
+    assert v.message == ("rank 1 (node2) exited with code 3; restarting all 2 rank(s) as attempt 2 in 10s "
+                         "(restart 1 of 3)")
+    outcomes = failed_ranks(before, 75, {"node2": ("DOWN+NOT_RESPONDING", "Not responding")}, ["node1", "node2"], now)
+    v = on_failure(Policy(backoff_limit=0), outcomes, Restarts(), 1, 2)
+    assert v.failure_class is FailureClass.DISRUPTION and v.delay == 0 and v.restarts == Restarts(1, 0, 1)
+    assert v.message.startswith("rank 1 (node2) lost with node node2: node node2 is DOWN+NOT_RESPONDING "
+                                "(Not responding); restarting all 2 rank(s) as attempt 2 (a disruption")
+    outcomes = failed_ranks([], 1, {}, [], now)
+    assert outcomes[0].detail == "srun named no task that failed" and outcomes[0].exit_code == 1
+
+
+def test_the_script_runs_the_policy_only_when_srun_failed(tmp_path: Path):
+    """The script with stub srun/scontrol and a stub python that records its arguments."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "srun").write_text('#!/bin/sh\necho "srun: error: vm: task 0: Exited with exit code 3" >&2\n'
+                                'exit "$SRUN_CODE"\n')
+    (stubs / "scontrol").write_text("#!/bin/sh\necho node0\n")
+    (stubs / "py").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$ARGS_OUT"\n'
+                              'while [ "$1" != --srun-log ]; do shift; done; cat "$2" > "$ARGS_OUT.log"\nexit 9\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    job = parse_job(job_doc("p", config="c.yaml", workDir=str(tmp_path / "wd"), nnodes=2, backoffLimit=4,
+                            retryableExitCodes=[124, 3], restartBackoffSeconds=5))
+    script = slurm.render(job, str(tmp_path), python=str(stubs / "py"))
+    for code, want in ((0, 0), (1, 9)):
+        env = {"PATH": f"{stubs}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "node0", "SLURM_JOB_ID": "42",
+               "ARGS_OUT": str(tmp_path / "args"), "SRUN_CODE": str(code)}
+        res = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert res.returncode == want, res.stderr
+        assert "srun: error: vm: task 0: Exited with exit code 3" in res.stderr  # kept in the .err log
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:3] == ["-m", "razor.backends.slurm", "after-srun"]
+    assert {"--nnodes=2", "--backoff-limit=4", "--permanent-exit-codes=2,126,127", "--retryable-exit-codes=3,124",
+            "--restart-backoff-seconds=5", "--restart-backoff-max-seconds=360"} <= set(args)
+    assert args[args.index("--exit-code") + 1] == "1"
+    assert (tmp_path / "args.log").read_text() == "srun: error: vm: task 0: Exited with exit code 3\n"
+    assert not list(tmp_path.glob("razor-srun-*")), "srun's report is removed"
 
 
 def test_seed_wrapper_arguments():

@@ -6,8 +6,9 @@
 #   CUDA_VISIBLE_DEVICES=0,1,2,3 PORT=29501 sh tools/dist_train.sh CONFIG 4 --work_dir tmp_1
 #
 # GPUS is the number of processes on this machine (one per GPU; CPU processes when there is
-# no GPU or CUDA_VISIBLE_DEVICES=-1). It keeps razor's launcher contract: razor.node waits
-# for MASTER_ADDR on non-master nodes, then runs torchrun once.
+# no GPU or CUDA_VISIBLE_DEVICES=-1). It keeps razor's launcher contract, every variable of it
+# (docs/launcher-contract.md): razor.node waits for MASTER_ADDR on non-master nodes, then runs
+# torchrun once.
 set -eu
 
 if [ "$#" -lt 2 ]; then
@@ -26,18 +27,12 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python3; fi
 fi
 
-export NNODES="${NNODES:-1}"
-export NODE_RANK="${NODE_RANK:-0}"
-export MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
-export MASTER_PORT="${PORT:-${MASTER_PORT:-29500}}"
-export PORT="$MASTER_PORT"
-export NPROC_PER_NODE="$GPUS"
-if [ "${CUDA_VISIBLE_DEVICES:-}" = "-1" ]; then
-    export GPUS_PER_NODE=0
-else
-    export GPUS_PER_NODE="$GPUS"
-fi
-export RAZOR_JOB_NAME="${RAZOR_JOB_NAME:-$(basename "$CONFIG" | sed 's/\.[^.]*$//')}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# The launcher contract of this node (razor.launcher, as on every backend) from the seed's
+# variables: NNODES, NODE_RANK, MASTER_ADDR, PORT (else MASTER_PORT, else dist_params.port from
+# --cfg-options or the config, else 29500), GPUS, CUDA_VISIBLE_DEVICES=-1 for CPU, --work-dir.
+CONTRACT=$("$PYTHON" -m razor.seedtools dist-train-env "$CONFIG" "$GPUS" "$@") || exit $?
+eval "$CONTRACT"
 
 exec "$PYTHON" -m razor.node "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "$@"

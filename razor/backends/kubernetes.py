@@ -7,18 +7,23 @@ razorctl creates, reads and deletes RazorJobs; the operator does the rest. ``ren
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from .. import kube
+from ..config import ConfigError, load_config
 from ..crd import PLURAL
+from ..policy import FINISHED
+from ..launcher import CONFIG_PORT, Network, job_port, requested_ports
 from ..spec import GROUP, VERSION, RazorJob, SpecError, parse_cluster_defaults, parse_job, with_cluster_defaults
+from . import Backend
 
-FINISHED = ("Succeeded", "Failed")
 #: Where the cluster's RazorJob defaults are (the ConfigMap the chart writes and razor-operator
 #: --defaults reads): NAMESPACE/NAME, from --defaults-from or $RAZOR_DEFAULTS, else the chart's
 #: own for the release "razor" in "razor-system". The chart lets every authenticated user read it.
@@ -38,6 +43,38 @@ def with_defaults(job: RazorJob, defaults: dict[str, Any]) -> RazorJob:
         return job
     doc = with_cluster_defaults(job.to_dict(cluster_defaults=True), defaults)
     return parse_job(doc, f"RazorJob {job.name} with the cluster's defaults")
+
+
+def with_config_port(job: RazorJob, cwd: Path) -> RazorJob:
+    """The job with the port its config fixes (``dist_params.port``, the seed's Option 1) as
+    ``spec.port``, when the config is here to read (relative to ``cwd``, as in the image's working
+    directory) and the job itself fixes none: the one port rule counts the config's port on every
+    backend, but the operator cannot read a config that is in the image, so razorctl sends it.
+    (Not for hostNetwork, where the operator's allocation wins.)"""
+    path = cwd / job.spec.config if job.spec.config else None
+    if path is None or job.spec.host_network or "port" in job.spec.model_fields_set or not path.is_file():
+        return job
+    try:
+        config = load_config(path)
+    except ConfigError:
+        return job  # not one the trainer could read either: the image's is what counts
+    choice = job_port(job, config, Network.OWN)
+    if choice.field != CONFIG_PORT:
+        return job
+    doc = job.to_dict(cluster_defaults=True)
+    doc["spec"]["port"] = choice.port
+    return parse_job(doc, f"RazorJob {job.name}")
+
+
+def port_note(job: RazorJob) -> str | None:
+    """What to tell the user of a hostNetwork job that fixes a port: the operator's allocation wins."""
+    if not job.spec.host_network:
+        return None
+    fixed = next(((where, port) for where, port in requested_ports(job) if port is not None), None)
+    if fixed is None:
+        return "hostNetwork: the operator allocates the job's port when it creates the pods (status.port)"
+    return (f"hostNetwork: {fixed[0]} ({fixed[1]}) is not used; the operator allocates a port no other "
+            "hostNetwork job uses (status.port)")
 
 
 def render(job: RazorJob, namespace: str, fmt: str = "yaml", defaults: dict[str, Any] | None = None) -> str:
@@ -159,12 +196,13 @@ def _age(ts: str | None) -> str:
 
 def table(items: list[dict[str, Any]], all_namespaces: bool) -> str:
     rows = [["NAMESPACE"] if all_namespaces else []]
-    rows[0] += ["NAME", "PHASE", "NODES", "GPUS", "RESTARTS", "AGE"]
+    rows[0] += ["NAME", "PHASE", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED", "AGE"]
     for it in items:
         st, sp, md = it.get("status") or {}, it.get("spec") or {}, it["metadata"]
         row = [md["namespace"]] if all_namespaces else []
         row += [md["name"], st.get("phase", "-"), str(sp.get("nnodes", "-")), str(sp.get("gpusPerNode", "-")),
-                str(st.get("restarts", 0)), _age(md.get("creationTimestamp"))]
+                str((st.get("ranksByPhase") or {}).get("running", 0)), str(st.get("restarts", 0)),
+                str(st.get("countedRestarts", st.get("restarts", 0))), _age(md.get("creationTimestamp"))]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
@@ -175,8 +213,15 @@ def describe(obj: dict[str, Any]) -> str:
     lines = [f"RazorJob {md['namespace']}/{md['name']}: {st.get('phase', 'not yet seen by the operator')}"]
     if st.get("message"):
         lines.append(f"  message:  {st['message']}")
-    lines.append(f"  attempt:  {st.get('attempt', 1)}, restarts: {st.get('restarts', 0)}")
-    for key in ("startTime", "completionTime", "port"):
+    restarts = st.get("restarts", 0)
+    counted = st.get("countedRestarts", restarts)
+    lines.append(f"  attempt:  {st.get('attempt', 1)}, restarts: {restarts} (counted {counted}, "
+                 f"disruptions {st.get('disruptionRestarts', restarts - counted)})")
+    if st.get("ranksByPhase"):
+        by = st["ranksByPhase"]
+        lines.append("  ranks:    " + ", ".join(f"{by.get(k, 0)} {k}"
+                                                for k in ("running", "pending", "succeeded", "failed")))
+    for key in ("nextAttemptTime", "startTime", "completionTime", "port"):
         if st.get(key):
             lines.append(f"  {key}: {st[key]}")
     for rank in st.get("ranks") or []:
@@ -184,6 +229,13 @@ def describe(obj: dict[str, Any]) -> str:
         why = f" ({rank['reason']})" if rank.get("reason") else ""
         node = f" on node {rank['node']}" if rank.get("node") else ""
         lines.append(f"  rank {rank['rank']}: {rank.get('pod', '')} {rank.get('phase', '')}{code}{why}{node}")
+    for f in st.get("failedRanks") or []:
+        code = f" exit code {f['exitCode']}" if f.get("exitCode") is not None else ""
+        why = f" ({f['reason']})" if f.get("reason") else ""
+        kind = f" [{f['class']}]" if f.get("class") else ""
+        node = f" on node {f['node']}" if f.get("node") else ""
+        msg = f": {f['message']}" if f.get("message") else ""
+        lines.append(f"  failed: rank {f['rank']} (attempt {f.get('attempt', '?')}){code}{why}{kind}{node}{msg}")
     for cond in st.get("conditions") or []:
         lines.append(f"  condition {cond['type']}={cond['status']} ({cond.get('reason', '')}) "
                      f"{cond.get('message', '')}".rstrip())
@@ -192,3 +244,92 @@ def describe(obj: dict[str, Any]) -> str:
 
 def dump(obj: Any, fmt: str, out: IO[str] = sys.stdout) -> None:
     out.write(json.dumps(obj, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(obj, sort_keys=False))
+
+
+class KubernetesBackend(Backend):
+    """The default backend: the RazorJob object in a namespace of the current kubeconfig context
+    (``namespace``, ``kubeconfig``, ``context`` as razorctl's -n, --kubeconfig, --context);
+    razor-operator does the rest."""
+
+    name = "kubernetes"
+
+    def __init__(self, cwd: Path | None = None, out: IO[str] | None = None, err: IO[str] | None = None,
+                 namespace: str | None = None, kubeconfig: str | None = None, context: str | None = None,
+                 defaults_from: str | None = None, **other: object):
+        super().__init__(cwd, out, err, **other)
+        self.namespace, self.kubeconfig, self.context = namespace, kubeconfig, context
+        self.defaults_from = defaults_from
+        self._cluster: Cluster | None = None
+
+    def cluster(self) -> tuple[Cluster, str]:
+        """The API server, and the namespace: -n, else the context's."""
+        if self._cluster is None:
+            self._cluster = Cluster(self.kubeconfig, self.context)
+        return self._cluster, self.namespace or self._cluster.namespace
+
+    def _prepare(self, job: RazorJob) -> RazorJob:
+        job = with_config_port(job, self.cwd)
+        note = port_note(job)
+        if note:
+            self.note(note)
+        return job
+
+    def render(self, job: RazorJob, source: str, fmt: str = "text") -> str:
+        job = self._prepare(job)
+        # The namespace as submit picks it, and the cluster's defaults as the operator applies them.
+        try:
+            cluster, ns = self.cluster()
+            defaults, note = cluster.defaults(self.defaults_from or os.environ.get(DEFAULTS_ENV)
+                                              or DEFAULTS_LOCATION)
+        except KubeError as exc:
+            if self.defaults_from:
+                raise
+            ns, defaults, note = "default", {}, f"{exc}; showing razor's own defaults"
+        if note:
+            self.note(note)
+        return render(job, self.namespace or job.metadata.namespace or ns, "json" if fmt == "json" else "yaml",
+                      defaults)
+
+    def submit(self, job: RazorJob, source: str) -> int:
+        job = self._prepare(job)
+        cluster, ns = self.cluster()
+        ns = self.namespace or job.metadata.namespace or ns
+        cluster.submit(job, ns)
+        self.say(f"razorjob.razor.dev/{job.name} created in namespace {ns}")
+        self.say(f"  razorctl status {job.name} -n {ns}    razorctl logs -f {job.name} -n {ns}")
+        return 0
+
+    def status(self, ref: str, fmt: str = "text") -> int:
+        cluster, ns = self.cluster()
+        obj = cluster.get(ref, ns)
+        if fmt == "text":
+            self.out.write(describe(obj))
+        else:
+            dump(obj, fmt, self.out)
+        return 0
+
+    def list(self, all_namespaces: bool = False, fmt: str = "text") -> int:
+        cluster, ns = self.cluster()
+        items = cluster.list(None if all_namespaces else ns)
+        if fmt == "text":
+            self.out.write(table(items, all_namespaces))
+        else:
+            dump({"apiVersion": "v1", "kind": "List", "items": items}, fmt, self.out)
+        return 0
+
+    def logs(self, ref: str, rank: int | None, follow: bool) -> int:
+        cluster, ns = self.cluster()
+        cluster.logs(ref, ns, rank or 0, follow, self.out)
+        return 0
+
+    def cancel(self, ref: str) -> int:
+        cluster, ns = self.cluster()
+        cluster.cancel(ref, ns)
+        self.say(f"razorjob.razor.dev/{ref} deleted (its pods and service go with it)")
+        return 0
+
+    def wait(self, ref: str, timeout: float) -> int:
+        cluster, ns = self.cluster()
+        obj = cluster.wait(ref, ns, timeout)
+        self.out.write(describe(obj))
+        return 0 if obj["status"]["phase"] == "Succeeded" else 1

@@ -1,30 +1,57 @@
 """The SLURM backend: sbatch, squeue, sacct, scontrol and scancel, run as programs (no shell).
 
 ``submit`` writes the rendered script into the work dir (its ``logs/`` made first, so no log is
-lost), submits it and records the job id there. ``status`` asks squeue, then sacct, then
-``scontrol show job`` (accounting may be off); PREEMPTED and REQUEUED mean pending again.
+lost), submits it and records the job id there. ``status`` asks ``scontrol show job``, then
+squeue, then sacct (accounting may be off, and scontrol forgets a job MinJobAge after it ended),
+and reports razor's phases (razor.policy.Phase) and restart counters, as on every backend.
+
+The job's failure policy runs inside the job: when srun ends with a failure, the sbatch script
+(razor.slurm) runs ``python -m razor.backends.slurm after-srun``, :func:`after_srun`, which asks
+razor.policy what to do with the ranks that failed (read from srun's own report of its tasks,
+``srun: error: node2: task 1: Exited with exit code 3``) and does it: requeue the job as the next
+attempt (``scontrol requeue``; SLURM_RESTART_COUNT + 1), after the backoff (its StartTime) and
+without the node of a counted failure (its ExcNodeList) where enough nodes are left, or let it
+fail. The counters SLURM does not keep (the restarts counted against backoffLimit, those after a
+retryable exit code) and the verdict live in the job's Comment (:data:`COMMENT_PREFIX`); every
+other restart of the job (``Restarts``: preempted, NODE_FAIL, ``scontrol requeue``, a rank's exit
+75) was a disruption.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
 from .. import slurm
+from ..node import EXIT_PREEMPTED
+from ..policy import Action, FailureClass, Phase, Policy, RankOutcome, Restarts, on_failure
 from ..spec import RazorJob
+from . import Backend
 
 RECORD = "razor-slurm.json"
-PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "CONFIGURING",
-                  "RESIZING", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+#: SLURM states of a job that waits to run: Pending, or Restarting once it ran before.
+PENDING_STATES = {"PENDING", "CONFIGURING", "RESIZING", "RESV_DEL_HOLD"}
+#: States of a job on its way to its next attempt.
+REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SPECIAL_EXIT"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
-FAILED_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+#: A job that ended otherwise than COMPLETED: Failed (CANCELLED too: razor's phases have no other
+#: word for a job given up; the SLURM state says which).
+FAILED_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "CANCELLED"}
+#: The job's Comment as razor writes it: ``razor: Restarting attempt 2 counted 1 retryable 0; <message>``.
+COMMENT_PREFIX = "razor:"
+#: Node states (sinfo %T, scontrol State) in which a node cannot run the next attempt.
+UNUSABLE_NODE = ("DOWN", "DRAIN", "FAIL", "MAINT", "INVAL", "FUTURE", "NOT_RESPONDING", "POWER")
 
 
 class SlurmError(RuntimeError):
@@ -35,31 +62,101 @@ class SlurmError(RuntimeError):
 class JobStatus:
     job_id: str
     state: str            # SLURM's word
-    phase: str            # razor's: Pending, Running, Succeeded, Failed, Cancelled, Suspended
+    phase: str            # razor's (razor.policy.Phase): Pending, Running, Restarting, Succeeded, Failed, Suspended
     reason: str = ""
     exit_code: str = ""
-    source: str = ""      # squeue, sacct or scontrol
+    source: str = ""      # scontrol, squeue or sacct
+    attempt: int = 1
+    restarts: int = 0     # every requeue (SLURM's Restarts)
+    counted: int = 0      # those counted against backoffLimit
+    disruptions: int = 0  # those after a disruption (preempted, NODE_FAIL, exit 75, scontrol requeue)
+    message: str = ""     # the verdict on the last failed attempt, else what SLURM says
+    excluded: str = ""    # nodes the next attempts avoid (ExcNodeList)
 
     def describe(self) -> str:
         extra = "".join(f", {k} {v}" for k, v in (("reason", self.reason), ("exit code", self.exit_code)) if v)
-        return f"SLURM job {self.job_id}: {self.phase} ({self.state}{extra}; from {self.source})"
+        lines = [f"SLURM job {self.job_id}: {self.phase} ({self.state}{extra}; from {self.source})"]
+        if self.message:
+            lines.append(f"  message:  {self.message}")
+        lines.append(f"  attempt:  {self.attempt}, restarts: {self.restarts} (counted {self.counted}, "
+                     f"disruptions {self.disruptions})")
+        if self.excluded:
+            lines.append(f"  excluded: {self.excluded}")
+        return "\n".join(lines)
 
 
-def phase_of(state: str) -> str:
+def phase_of(state: str, restarts: int = 0) -> str:
+    """razor's phase of a SLURM job state: a job that ran before (``restarts``) and waits to run
+    again is Restarting; CANCELLED is Failed."""
     state = state.split()[0].rstrip("+") if state else ""
+    if state in REQUEUE_STATES or (state in PENDING_STATES and restarts > 0):
+        return Phase.RESTARTING.value
     if state in PENDING_STATES:
-        return "Pending"
+        return Phase.PENDING.value
     if state in RUNNING_STATES:
-        return "Running"
+        return Phase.RUNNING.value
     if state == "COMPLETED":
-        return "Succeeded"
+        return Phase.SUCCEEDED.value
     if state in FAILED_STATES:
-        return "Failed"
-    if state == "CANCELLED":
-        return "Cancelled"
+        return Phase.FAILED.value
     if state in ("SUSPENDED", "STOPPED"):
-        return "Suspended"
+        return Phase.SUSPENDED.value
     return "Unknown"
+
+
+@dataclass(frozen=True)
+class CommentState:
+    """What razor keeps in a job's Comment: the last verdict's phase and the attempt it led to,
+    the restarts counted against backoffLimit and those after a retryable exit code, its message.
+    No ``=`` in it: ``scontrol show job -o`` would read ``key=`` as a field of its own."""
+
+    phase: str = ""
+    attempt: int = 0
+    counted: int = 0
+    retryable: int = 0
+    message: str = ""
+
+    def text(self) -> str:
+        return (f"{COMMENT_PREFIX} {self.phase} attempt {self.attempt} counted {self.counted} "
+                f"retryable {self.retryable}; {self.message.replace('=', ':')}")
+
+
+def parse_comment(comment: str | None) -> CommentState:
+    """The razor part of a job's Comment (an empty CommentState for any other comment)."""
+    text = (comment or "").strip()
+    if not text.startswith(COMMENT_PREFIX):
+        return CommentState()
+    head, _, message = text[len(COMMENT_PREFIX):].partition(";")
+    words = head.split()
+    phase = words[0] if words else ""
+    values = dict(zip(words[1::2], words[2::2]))
+
+    def number(key: str) -> int:
+        try:
+            return max(0, int(values.get(key, 0)))
+        except ValueError:
+            return 0
+
+    return CommentState(phase, number("attempt"), number("counted"), number("retryable"), message.strip())
+
+
+def counters(restarts: int, comment: str | None) -> Restarts:
+    """The restart counters of a job SLURM restarted ``restarts`` times: those razor counted
+    (its Comment), and every other restart that did not follow a retryable code a disruption."""
+    c = parse_comment(comment)
+    counted = min(c.counted, restarts)
+    retryable = min(c.retryable, restarts - counted)
+    return Restarts(restarts, counted, restarts - counted - retryable)
+
+
+def _status(job_id: str, state: str, reason: str, exit_code: str, source: str, restarts: int,
+            comment: str, excluded: str = "") -> JobStatus:
+    reason = "" if reason in ("None", "(null)") else reason
+    c, r = parse_comment(comment), counters(restarts, comment)
+    phase = phase_of(state, restarts)
+    message = c.message if c.phase and phase != Phase.SUCCEEDED else ""  # the last verdict, while it matters
+    return JobStatus(job_id, state.split()[0] if state else state, phase, reason, exit_code, source, restarts + 1,
+                     r.total, r.counted, r.disruptions, message, "" if excluded in ("(null)", "None") else excluded)
 
 
 def _run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -91,30 +188,48 @@ def submit(job: RazorJob, cwd: Path, config: dict | None = None, python: str | N
     return job_id
 
 
-def _fields(text: str) -> dict[str, str]:
-    return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", text))
+# A "Key=" at the start of a field of `scontrol show ... -o` (keys like AllocNode:Sid, CPUs/Task).
+_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:]*)=")
+
+
+def record_fields(line: str) -> dict[str, str]:
+    """The fields of one ``scontrol show job|node -o`` line. A value runs up to the next
+    `` Key=``, so values with spaces (a Comment, a node's Reason) come out whole."""
+    fields: dict[str, str] = {}
+    text = line.strip()
+    matches = list(_FIELD.finditer(text))
+    for m, nxt in zip(matches, [*matches[1:], None]):
+        end = nxt.start() if nxt is not None else len(text)
+        fields.setdefault(m.group(1), text[m.end():end].strip())
+    return fields
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def status(job_id: str) -> JobStatus:
-    res = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], check=False)
-    line = res.stdout.strip()
-    if res.returncode == 0 and line:
-        state, _, reason = line.partition("|")
-        return JobStatus(job_id, state, phase_of(state), "" if reason == "None" else reason, "", "squeue")
-    res = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Reason"], check=False)
-    line = res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else ""
-    if line:
-        state, code, reason = (line.split("|") + ["", ""])[:3]
-        return JobStatus(job_id, state.split()[0], phase_of(state), "" if reason == "None" else reason, code,
-                         "sacct")
     res = _run(["scontrol", "show", "job", "-o", job_id], check=False)
     if res.returncode == 0 and res.stdout.strip():
-        f = _fields(res.stdout)
-        state = f.get("JobState", "UNKNOWN")
-        reason = f.get("Reason", "")
-        return JobStatus(job_id, state, phase_of(state), "" if reason == "None" else reason,
-                         f.get("ExitCode", ""), "scontrol")
-    raise SlurmError(f"SLURM job {job_id} is unknown to squeue, sacct and scontrol")
+        f = record_fields(res.stdout.strip().splitlines()[0])
+        return _status(job_id, f.get("JobState", "UNKNOWN"), f.get("Reason", ""), f.get("ExitCode", ""),
+                       "scontrol", _int(f.get("Restarts")), f.get("Comment", ""), f.get("ExcNodeList", ""))
+    res = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%k"], check=False)
+    line = res.stdout.strip()
+    if res.returncode == 0 and line:
+        state, reason, comment = (line.split("|", 2) + ["", ""])[:3]
+        c = parse_comment(comment)
+        return _status(job_id, state, reason, "", "squeue", max(0, c.attempt - 1), comment)
+    res = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Reason,Comment"], check=False)
+    line = res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else ""
+    if line:
+        state, code, reason, comment = (line.split("|", 3) + ["", "", ""])[:4]
+        c = parse_comment(comment)
+        return _status(job_id, state, reason, code, "sacct", max(0, c.attempt - 1), comment)
+    raise SlurmError(f"SLURM job {job_id} is unknown to scontrol, squeue and sacct")
 
 
 def find(name_or_id: str) -> str:
@@ -143,7 +258,7 @@ def wait(job_id: str, timeout: float, interval: float = 1.0) -> JobStatus:
     deadline = time.monotonic() + timeout
     while True:
         st = status(job_id)
-        if st.phase in ("Succeeded", "Failed", "Cancelled"):
+        if st.phase in (Phase.SUCCEEDED, Phase.FAILED):
             return st
         if time.monotonic() > deadline:
             raise SlurmError(f"SLURM job {job_id} did not finish within {timeout:g}s ({st.state})")
@@ -152,7 +267,7 @@ def wait(job_id: str, timeout: float, interval: float = 1.0) -> JobStatus:
 
 def log_file(job_id: str, rank: int | None) -> Path:
     res = _run(["scontrol", "show", "job", "-o", job_id], check=False)
-    f = _fields(res.stdout)
+    f = record_fields(res.stdout.strip().splitlines()[0]) if res.stdout.strip() else {}
     out = f.get("StdOut")
     if not out:
         raise SlurmError(f"SLURM job {job_id}: its log folder is unknown (scontrol no longer shows it)")
@@ -175,10 +290,282 @@ def logs(job_id: str, rank: int | None, follow: bool, out: IO[str]) -> None:
             out.flush()
         elif not follow:
             raise SlurmError(f"no log yet at {path}")
-        if not follow or status(job_id).phase in ("Succeeded", "Failed", "Cancelled"):
+        if not follow or status(job_id).phase in (Phase.SUCCEEDED, Phase.FAILED):
             if follow and path.exists():
                 with path.open() as fh:
                     fh.seek(pos)
                     out.write(fh.read())
             return
         time.sleep(1)
+
+
+# ----------------------------------------------------------------------------- in the job: the policy
+# What the sbatch script runs when srun ends with a failure (razor.slurm renders the call).
+
+#: ``srun: error: node2: task 1: Exited with exit code 3``, ``srun: error: vm: tasks 0-1: Killed``.
+_TASK = re.compile(r"^srun: error: (?P<host>\S+): tasks? (?P<tasks>[\d,\-]+): (?P<what>.+?)\s*$")
+#: srun ends the step after the first task that failed (--kill-on-bad-exit): what ends after it
+#: was stopped by SLURM (a rank stopped so exits 75: no disruption, a consequence).
+_STEP_STOP = re.compile(r"Terminating (job )?StepId|\*\*\* STEP \S+ ON \S+ CANCELLED|Force Terminated")
+#: ``srun: error: Node failure on node2``.
+_NODE_FAILURE = re.compile(r"srun: error: Node failure on (?P<host>\S+)")
+_SIGNAL_TEXT = {signal.strsignal(s): s for s in signal.Signals if signal.strsignal(s)}
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """One task (one node: --ntasks-per-node=1, so its task id is its node rank) as srun reported it."""
+
+    rank: int
+    host: str
+    exit_code: int | None    # None: its node failed
+    reason: str | None = None
+
+
+def _tasks(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out += list(range(int(lo), int(hi) + 1)) if hi.isdigit() else [int(lo)]
+    return out
+
+
+def srun_report(text: str) -> tuple[list[TaskEnd], list[TaskEnd]]:
+    """The tasks srun reports ended badly, in the order it saw them end: those before srun stopped
+    the step (the attempt's failures), and those after (stopped because of them)."""
+    before: list[TaskEnd] = []
+    after: list[TaskEnd] = []
+    stopped = False
+    for line in text.splitlines():
+        if _STEP_STOP.search(line):
+            stopped = True
+            continue
+        failure = _NODE_FAILURE.search(line)
+        m = _TASK.match(line.strip())
+        if failure:
+            (after if stopped else before).append(TaskEnd(-1, failure.group("host"), None, "NodeFailure"))
+            continue
+        if not m:
+            continue
+        what = m.group("what").removesuffix("(core dumped)").strip()
+        code = re.fullmatch(r"Exited with exit code (\d+)", what)
+        if code:
+            exit_code, reason = int(code.group(1)), None
+        elif what in _SIGNAL_TEXT:
+            exit_code, reason = 128 + _SIGNAL_TEXT[what], _SIGNAL_TEXT[what].name
+        else:
+            exit_code, reason = 1, what
+        for rank in _tasks(m.group("tasks")):
+            (after if stopped else before).append(TaskEnd(rank, m.group("host"), exit_code, reason))
+    return before, after
+
+
+def node_usable(state: str) -> bool:
+    """Whether a node in ``state`` (scontrol's State, sinfo's %T) can run an attempt."""
+    up = state.upper()
+    return not up.endswith("*") and not any(word in up for word in UNUSABLE_NODE)
+
+
+def failed_ranks(before: list[TaskEnd], srun_code: int, nodes: dict[str, tuple[str, str]],
+                 job_nodes: list[str], now: datetime) -> list[RankOutcome]:
+    """razor.policy's view of a failed attempt: each task srun saw fail before it stopped the
+    step, in order (a node that is down or not responding now: that rank was lost with it, a
+    disruption). ``nodes``: the state and reason of the nodes named; ``job_nodes``: the
+    allocation's hosts, in node-rank order."""
+    out = []
+    for i, t in enumerate(before):
+        when = now - timedelta(milliseconds=len(before) - i)  # srun's order is the order they ended
+        rank = t.rank if t.rank >= 0 else (job_nodes.index(t.host) if t.host in job_nodes else 0)
+        state, why = nodes.get(t.host, ("", ""))
+        if t.exit_code is None or (state and not node_usable(state)):
+            why = f" ({why})" if why and why != "(null)" else ""
+            detail = f"node {t.host} is {state or 'lost'}{why}".replace("=", ":")
+            out.append(RankOutcome(rank, None, None, when, "NodeFail", t.host, t.host, detail))
+        else:
+            stopped = "stopped on a signal (checkpoint saved)" if t.exit_code == EXIT_PREEMPTED else None
+            out.append(RankOutcome(rank, t.exit_code, t.reason, when, None, t.host, t.host, stopped))
+    if not out:
+        out.append(RankOutcome(0, srun_code or 1, None, now, detail="srun named no task that failed"))
+    return out
+
+
+def _scontrol_record(kind: str, name: str) -> dict[str, str]:
+    res = _run(["scontrol", "show", kind, "-o", name], check=False)
+    lines = res.stdout.strip().splitlines() if res.returncode == 0 else []
+    return record_fields(lines[0]) if lines else {}
+
+
+def _hostnames(expr: str) -> list[str]:
+    if not expr or expr in ("(null)", "None"):
+        return []
+    return _run(["scontrol", "show", "hostnames", expr], check=False).stdout.split()
+
+
+def exclusion(culprit: RankOutcome, failure_class: FailureClass, rec: dict[str, str],
+              nnodes: int) -> tuple[str | None, str]:
+    """The ExcNodeList of the next attempt without the culprit's node (None: unchanged), and what
+    to add to the message: a counted failure or a lost node is kept away from the next attempts,
+    as long as the job's partition keeps enough usable nodes for it (else it would wait forever)."""
+    node = culprit.node
+    if node is None or not (failure_class is FailureClass.FAILURE or culprit.disruption == "NodeFail"):
+        return None, ""
+    excluded = _hostnames(rec.get("ExcNodeList", ""))
+    if node in excluded:
+        return None, ""
+    partition = rec.get("Partition", "")
+    res = _run(["sinfo", "-h", "-N", *(["-p", partition] if partition else []), "-o", "%N %T"], check=False)
+    states = dict(line.split(None, 1) for line in res.stdout.splitlines() if len(line.split()) == 2)
+    usable = [n for n, st in states.items() if n != node and n not in excluded and node_usable(st)]
+    if len(usable) < nnodes:
+        return None, (f"; node {node} not excluded: partition {partition or '(default)'} would keep "
+                      f"{len(usable)} usable node(s) for {nnodes}")
+    return ",".join([*excluded, node]), f"; node {node} excluded from the next attempts"
+
+
+def after_srun(srun_code: int, srun_log: Path, policy: Policy, nnodes: int,
+               environ: dict[str, str] | None = None, out: IO[str] | None = None) -> int:
+    """In the job, after srun failed: the verdict of razor.policy, done. Returns the batch
+    script's exit code (the failure's, when the job fails)."""
+    env = os.environ if environ is None else environ
+    out = out or sys.stdout
+
+    def say(text: str) -> None:
+        print(f"razor: {text}", file=out, flush=True)
+
+    job_id = env["SLURM_JOB_ID"]
+    restarted = _int(env.get("SLURM_RESTART_COUNT"))
+    attempt = restarted + 1
+
+    def slurm_ends_it(rec: dict[str, str]) -> bool:
+        """Whether SLURM itself is ending the job (cancelled, preempted, a node failed): then it
+        decides what comes next, and razor must not requeue a job its user cancelled."""
+        state = rec.get("JobState", "")
+        if state and state != "RUNNING":
+            say(f"SLURM is ending attempt {attempt} itself ({state}): it decides what comes next")
+            return True
+        return False
+
+    # The script ignores SIGTERM for the requeue's sake; until then, a cancel must end this too.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    rec = _scontrol_record("job", job_id)
+    if slurm_ends_it(rec):
+        return srun_code
+    try:
+        text = srun_log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    before, _ = srun_report(text)
+    nodes = {}
+    for host in {t.host for t in before}:
+        node = _scontrol_record("node", host)
+        nodes[host] = (node.get("State", ""), node.get("Reason", ""))
+    outcomes = failed_ranks(before, srun_code, nodes, _hostnames(env.get("SLURM_JOB_NODELIST", "")),
+                            datetime.now(timezone.utc))
+    restarts = counters(restarted, rec.get("Comment"))
+    verdict = on_failure(policy, outcomes, restarts, attempt, nnodes)
+
+    def comment(phase: Phase, next_attempt: int, r: Restarts, message: str) -> None:
+        retryable = r.total - r.counted - r.disruptions
+        text = CommentState(phase.value, next_attempt, r.counted, retryable, message).text()
+        res = _run(["scontrol", "update", f"JobId={job_id}", f"Comment={text}"], check=False)
+        if res.returncode != 0:
+            say(f"could not record the restart counters in the job's Comment: {res.stderr.strip()}")
+
+    if verdict.action is Action.FAIL:
+        comment(Phase.FAILED, attempt, restarts, verdict.message)
+        say(verdict.message)
+        return verdict.culprit.exit_code or srun_code or 1
+    exclude, note = exclusion(verdict.culprit, verdict.failure_class, rec, nnodes)
+    message = verdict.message + note
+    comment(Phase.RESTARTING, attempt + 1, verdict.restarts, message)
+    say(message)
+    if slurm_ends_it(_scontrol_record("job", job_id)):  # cancelled meanwhile: no requeue
+        return srun_code
+    # scontrol requeue ends this job's processes with SIGTERM: this one sets the next attempt up
+    # first (the job is COMPLETING, then PENDING; SIGKILL comes KillWait later).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    res = _run(["scontrol", "requeue", job_id], check=False)
+    if res.returncode != 0:
+        say(f"scontrol requeue {job_id} failed: {(res.stderr or res.stdout).strip()}; the job ends here")
+        return verdict.culprit.exit_code or srun_code or 1
+    if verdict.delay > 0:
+        _run(["scontrol", "update", f"JobId={job_id}", f"StartTime=now+{int(-(-verdict.delay // 1))}"], check=False)
+    if exclude:
+        res = _run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={exclude}"], check=False)
+        if res.returncode != 0:
+            say(f"could not exclude node(s) {exclude}: {(res.stderr or res.stdout).strip()}")
+    return srun_code
+
+
+def _codes(text: str) -> frozenset[int]:
+    return frozenset(int(c) for c in text.split(",") if c.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m razor.backends.slurm after-srun ...``: what the sbatch script runs after srun failed."""
+    parser = argparse.ArgumentParser(prog="python -m razor.backends.slurm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("after-srun", help="the failure policy, in the job, after srun failed")
+    p.add_argument("--exit-code", type=int, required=True, help="srun's exit code")
+    p.add_argument("--srun-log", type=Path, required=True, help="srun's own stderr")
+    p.add_argument("--nnodes", type=int, required=True)
+    p.add_argument("--backoff-limit", type=int, required=True)
+    p.add_argument("--permanent-exit-codes", default="")
+    p.add_argument("--retryable-exit-codes", default="")
+    p.add_argument("--restart-backoff-seconds", type=float, required=True)
+    p.add_argument("--restart-backoff-max-seconds", type=float, required=True)
+    args = parser.parse_args(argv)
+    policy = Policy(args.backoff_limit, _codes(args.permanent_exit_codes), _codes(args.retryable_exit_codes),
+                    args.restart_backoff_seconds, args.restart_backoff_max_seconds)
+    return after_srun(args.exit_code, args.srun_log, policy, args.nnodes)
+
+
+class SlurmBackend(Backend):
+    """``--slurm``: an sbatch script submitted from this machine (a login node); ``ref`` is the
+    job id, or the name of the newest job of that name."""
+
+    name = "slurm"
+
+    def _config(self, job: RazorJob, source: str) -> dict | None:
+        from .local import check  # the same checks as --local: the config, cfgOptions, resume
+
+        return check(job, self.cwd, source)
+
+    def render(self, job: RazorJob, source: str, fmt: str = "text") -> str:
+        return slurm.render(job, str(self.cwd), sys.executable, self._config(job, source))
+
+    def submit(self, job: RazorJob, source: str) -> int:
+        job_id = submit(job, self.cwd, self._config(job, source))
+        self.say(f"razor: submitted RazorJob {job.name} as SLURM job {job_id}; logs in "
+                 f"{job.spec.work_dir}/logs/")
+        self.say(f"  razorctl status --slurm {job_id}    razorctl logs --slurm -f {job_id}")
+        return 0
+
+    def status(self, ref: str, fmt: str = "text") -> int:
+        st = status(find(ref))
+        self.say(json.dumps(st.__dict__) if fmt == "json" else st.describe())
+        return 0
+
+    def list(self, all_namespaces: bool = False, fmt: str = "text") -> int:
+        self.out.write(jobs())
+        return 0
+
+    def logs(self, ref: str, rank: int | None, follow: bool) -> int:
+        logs(find(ref), rank, follow, self.out)
+        return 0
+
+    def cancel(self, ref: str) -> int:
+        job_id = find(ref)
+        cancel(job_id)
+        self.say(f"SLURM job {job_id} cancelled")
+        return 0
+
+    def wait(self, ref: str, timeout: float) -> int:
+        st = wait(find(ref), timeout)
+        self.say(st.describe())
+        return 0 if st.phase == "Succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

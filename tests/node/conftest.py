@@ -89,11 +89,15 @@ def get_json(kube: Cluster, *args: str) -> dict | None:
 
 @pytest.fixture(scope="session")
 def razor(kube: Cluster, helm: Helm, node_images: tuple[str, str]) -> Iterator[subprocess.CompletedProcess]:
-    """The chart installed as a user would, with the podman-built images (never pulled)."""
+    """The chart installed as a user would, with the podman-built images (never pulled), into a
+    namespace that enforces the restricted Pod Security Standard."""
     operator, trainer = node_images
     repo, tag = operator.rsplit(":", 1)
     t0 = time.monotonic()
-    out = helm.run("install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace",
+    # The operator's namespace enforces the restricted Pod Security Standard, as a careful admin's would.
+    kube.kubectl("create", "namespace", SYSTEM_NS)
+    kube.kubectl("label", "namespace", SYSTEM_NS, "pod-security.kubernetes.io/enforce=restricted")
+    out = helm.run("install", RELEASE, str(CHART), "--namespace", SYSTEM_NS,
                    "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
                    "--set", "image.pullPolicy=Never", "--set", f"defaults.cpuImage={trainer}",
                    "--wait", "--timeout", "180s", cluster=kube.cp, timeout=240)

@@ -98,9 +98,10 @@ def test_cancel(slurm, tmp_path: Path):
     wait_phase(slurm, tmp_path, job_id, ("Running",))
     res = razorctl(slurm, "cancel", "--slurm", job_id, cwd=tmp_path)
     assert res.returncode == 0 and f"SLURM job {job_id} cancelled" in res.stdout
-    assert wait_phase(slurm, tmp_path, job_id, ("Cancelled",)) == "Cancelled"
+    assert wait_phase(slurm, tmp_path, job_id, ("Failed",)) == "Failed"
     res = razorctl(slurm, "status", "--slurm", job_id, cwd=tmp_path)
-    assert "Cancelled (CANCELLED" in res.stdout
+    assert f"SLURM job {job_id}: Failed (CANCELLED" in res.stdout  # razor.policy's phases; SLURM's state
+    assert "attempt:  1, restarts: 0 (counted 0, disruptions 0)" in res.stdout, "cancelled, never requeued"
 
 
 def test_requeue_resumes_from_the_checkpoint(slurm, tmp_path: Path):
@@ -166,7 +167,11 @@ def test_usr2_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_
         assert time.monotonic() < deadline, (batch_log.read_text() if batch_log.exists() else "")[-2000:]
         time.sleep(1)
     text = batch_log.read_text()
-    assert f"razor: preempted (checkpoint saved): requeueing job {job_id}" in text
+    assert re.search(r"razor: rank 0 \(\S+\) exited with code 75: stopped on a signal \(checkpoint saved\); "
+                     r"restarting all 1 rank\(s\) as attempt 2 \(a disruption: not counted against backoffLimit\)",
+                     text), text
     assert f"razor: job {job_id} attempt 2" in text
     assert "stopping on SIGUSR2" in node_log.read_text()
+    res = razorctl(slurm, "status", "--slurm", job_id, cwd=tmp_path)
+    assert "attempt:  2, restarts: 1 (counted 0, disruptions 1)" in res.stdout, res.stdout
     subprocess.run(["scancel", job_id], env=env_of(slurm), timeout=60)
