@@ -1,9 +1,13 @@
 """Run every benchmark, print the results as markdown, and with --write rewrite docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--write] [--skip-k8s]      (make bench: --write)
+    .venv/bin/python benchmarks/run.py [--quick] [--write] [--skip-k8s] [--skip-slurm] [--skip-node]
+                                                                            (make bench: --write)
 
 --quick takes fewer repetitions (a smoke test; the medians are then rough). --skip-k8s leaves out
-the operator benchmark (k8s_fanout.py), which starts a Kubernetes control plane on loopback.
+the operator benchmark (k8s_fanout.py), which starts a Kubernetes control plane on loopback;
+--skip-slurm the SLURM one (slurm_submit.py); --skip-node the one on a real one-node Kubernetes
+(k8s_node.py: kubectl apply of a RazorJob against hand-written pods, and the gang's recovery),
+which needs the node cluster of tests/kube_node.py to itself.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 import k8s_fanout
+import k8s_node
 import slurm_submit
 import launch_overhead
 import throughput
@@ -33,10 +38,13 @@ class Settings:
     throughput_repeat: int
     k8s_repeat: int = 3        # runs of the one-big-job fan-out
     k8s_many_repeat: int = 1   # runs of the many-jobs case
+    node_repeat: int = 5       # pairs of k8s_node's kubectl apply → first step
+    node_recovery_repeat: int = 3  # k8s_node's gang recoveries
 
 
 FULL = Settings(launch_repeat=5, launch_warmup=1, throughput_repeat=3, k8s_repeat=3)
-QUICK = Settings(launch_repeat=2, launch_warmup=1, throughput_repeat=2, k8s_repeat=2)
+QUICK = Settings(launch_repeat=2, launch_warmup=1, throughput_repeat=2, k8s_repeat=2, node_repeat=2,
+                 node_recovery_repeat=1)
 
 
 def cpu_model() -> str:
@@ -307,10 +315,13 @@ make bench        # meant to run exactly this:
 
 `benchmarks/run.py --quick` takes fewer repetitions; without `--write` it only prints the
 results. Each benchmark also runs alone: `.venv/bin/python benchmarks/launch_overhead.py`,
-`.venv/bin/python benchmarks/throughput.py`, `.venv/bin/python benchmarks/k8s_fanout.py`
+`.venv/bin/python benchmarks/throughput.py`, `.venv/bin/python benchmarks/k8s_fanout.py`,
+`.venv/bin/python benchmarks/slurm_submit.py`, `.venv/bin/python benchmarks/k8s_node.py`
 (`--help` for their settings). The operator benchmark needs the Kubernetes binaries that
 `make k8s-binaries` builds and caches (`scripts/k8s-binaries.sh`; `$RAZOR_K8S_BIN` points at
-others); `benchmarks/run.py --skip-k8s` leaves it out.
+others); `benchmarks/run.py --skip-k8s` leaves it out. The node benchmark needs what `make test`
+sets up for `tests/node` (the node's binaries, podman, helm; root) and the one-node cluster to
+itself; `--skip-node` leaves it out, `--skip-slurm` the SLURM one.
 
 ## Results
 
@@ -325,6 +336,9 @@ def main() -> int:
                    help="leave out the operator benchmark (it starts a Kubernetes control plane)")
     p.add_argument("--skip-slurm", action="store_true",
                    help="leave out the SLURM benchmark (it uses the test cluster of scripts/slurm-setup.sh)")
+    p.add_argument("--skip-node", action="store_true",
+                   help="leave out the benchmark on a real one-node Kubernetes (k8s_node.py: it starts "
+                        "tests/kube_node.py's cluster, which must not be running already)")
     args = p.parse_args()
     settings = QUICK if args.quick else FULL
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -348,12 +362,24 @@ def main() -> int:
             slurm_error = f"{type(exc).__name__}: {exc}"
             slurm_text = f"\n### SLURM: submit to first optimizer step\n\nThe benchmark failed: {slurm_error}\n"
             progress(f"slurm_submit failed: {slurm_error}")
-    print(results(lo, tp, k8s, k8s_error) + slurm_text, end="")
+    node_text, node_error = "", None
+    if not args.skip_node:
+        try:
+            nr = k8s_node.measure(settings.node_repeat, progress,
+                                  recovery_repeat=settings.node_recovery_repeat)
+            node_text = k8s_node.section(nr, COMMAND + (" --quick" if args.quick else ""))
+        except Exception as exc:  # noqa: BLE001 (the other results are still reported)
+            node_error = f"{type(exc).__name__}: {exc}"
+            node_text = (f"\n### {k8s_node.TITLE}\n\n**Not measured: the benchmark failed.**\n\n"
+                         f"```\n{node_error}\n```\n")
+            progress(f"k8s_node failed: {node_error}")
+    print(results(lo, tp, k8s, k8s_error) + slurm_text + node_text, end="")
     if args.write:
         DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(page(settings, args.quick, lo, tp, load_before, load(), k8s, k8s_error) + slurm_text)
+        DOC.write_text(page(settings, args.quick, lo, tp, load_before, load(), k8s, k8s_error)
+                       + slurm_text + node_text)
         progress(f"wrote {DOC}")
-    return 1 if k8s_error or slurm_error else 0
+    return 1 if k8s_error or slurm_error or node_error else 0
 
 
 def slurm_section(r: "slurm_submit.Result") -> str:
