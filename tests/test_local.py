@@ -17,6 +17,7 @@ import yaml
 import torch
 
 from conftest import CONFIGS, DATA, env_for_tests, razorctl, razorctl_popen, write_job
+from razor.node import descendants
 
 pytestmark = pytest.mark.local
 
@@ -46,24 +47,6 @@ def checkpoint_epoch(work_dir: Path) -> int:
     path = last_checkpoint(work_dir)
     m = re.match(r"epoch_(\d+)", path.name) if path else None
     return int(m.group(1)) if m else 0
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def test_two_nodes_train_kd_together_and_agree_on_the_weights(tmp_path: Path):
