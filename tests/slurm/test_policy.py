@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from slurm.test_bridge import razorctl, submit, write
@@ -103,3 +104,30 @@ def test_the_node_of_a_failed_rank_is_excluded_from_the_next_attempt(slurm_two_n
             f"1); node {first} excluded from the next attempts") in batch, batch
     assert slurm_two_nodes.job(job_id)["ExcNodeList"] == first
     assert f"excluded: {first}" in status, status
+
+
+def test_a_lost_node_is_a_disruption_and_the_gang_runs_again(slurm_two_nodes: SlurmCluster, tmp_path: Path):
+    """A node dies while the job runs (``scontrol update nodename=node2 state=down``): SLURM kills
+    and requeues the job (NODE_FAIL); razor counts that as a disruption, not against backoffLimit
+    (0 here: a counted restart would fail the job), and the gang runs again once the node is back."""
+    job_id, wd = flaky(slurm_two_nodes, tmp_path, "lost", {"FAIL_ATTEMPTS": 0, "HOLD_ATTEMPTS": 1}, nnodes=2,
+                       backoffLimit=0)
+    deadline = time.monotonic() + 120
+    while not ((wd / "ready0").exists() and (wd / "ready1").exists()):
+        assert time.monotonic() < deadline, f"the gang never formed:\n{slurm_two_nodes.job(job_id)}"
+        time.sleep(0.5)
+    slurm_two_nodes.run("scontrol", "update", "nodename=node2", "state=down", "reason=razor-test-node-lost")
+    try:
+        slurm_two_nodes.wait_until(job_id, lambda r: r.get("Restarts") == "1", timeout=120)
+    finally:
+        # The node comes back (slurmctld takes RESUME only once it has finished with the job there).
+        back = time.monotonic() + 90
+        while slurm_two_nodes.run("scontrol", "update", "nodename=node2", "state=resume",
+                                  check=False).returncode != 0:
+            if "down" not in slurm_two_nodes.node_states().get("node2", "").lower():
+                break
+            assert time.monotonic() < back, f"node2 never came back: {slurm_two_nodes.node_states()}"
+            time.sleep(2)
+    status, _ = finish(slurm_two_nodes, tmp_path, job_id, "lost", wd, "Succeeded")
+    assert [(a, r) for a, r, _ in attempts(wd)] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert "attempt:  2, restarts: 1 (counted 0, disruptions 1)" in status, status
