@@ -33,6 +33,11 @@ _SPEC_RULES = [
      "message": "args is only for script; use cfgOptions to change the trainer's config"},
     {"rule": "!has(self.nprocPerNode) || self.gpusPerNode == 0 || self.nprocPerNode <= self.gpusPerNode",
      "message": "nprocPerNode cannot exceed gpusPerNode: one process per GPU"},
+    # razor.launcher.env_refusal: a CPU job's CUDA_VISIBLE_DEVICES is the contract's (-1).
+    {"rule": "!has(self.env) || !('CUDA_VISIBLE_DEVICES' in self.env) || self.gpusPerNode > 0",
+     "fieldPath": ".env",
+     "message": "CUDA_VISIBLE_DEVICES is set by razor for a CPU job (gpusPerNode 0 means "
+                "CUDA_VISIBLE_DEVICES=-1) and cannot be overridden; give the job GPUs to choose them"},
 ]
 _FIELD_RULES: dict[str, list[dict[str, str]]] = {
     "port": [{

@@ -37,6 +37,7 @@ BAD_FOR_THE_API_SERVER = [
     "args-without-script.yaml",
     "config-with-newline.yaml",
     "env-bad-name.yaml",
+    "env-cuda-on-cpu.yaml",
     "env-nested-value.yaml",
     "env-reserved.yaml",
     "gpus-negative.yaml",
