@@ -210,11 +210,14 @@ def classify(outcome: RankOutcome, policy: Policy) -> FailureClass:
 
 def ordered(outcomes: Iterable[RankOutcome], policy: Policy) -> list[tuple[RankOutcome, FailureClass]]:
     """The failed or lost ranks with their classes, the deciding one first: a permanent failure,
-    else the first by time, ties to the more serious class, then the lower rank."""
+    else the first by time, ties to the more serious class, then to a rank killed by a signal
+    (exit code above 128: the OOM killer, a kill; its peers' follow-on failures are exceptions,
+    exit 1), then the lower rank. Ties are common: Kubernetes' finishedAt has whole seconds."""
     def key(item: tuple[RankOutcome, FailureClass]) -> tuple:
         o, c = item
         when = (0, o.finished.timestamp()) if o.finished is not None else (1, 0.0)
-        return (c is not FailureClass.PERMANENT, when, _SERIOUS[c], o.rank)
+        signalled = o.exit_code is not None and o.exit_code > 128
+        return (c is not FailureClass.PERMANENT, when, _SERIOUS[c], not signalled, o.rank)
     return sorted(((o, classify(o, policy)) for o in outcomes), key=key)
 
 

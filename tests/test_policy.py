@@ -170,3 +170,12 @@ def test_a_cluster_may_default_the_new_policy_fields():
     policy = Policy.from_spec(parse_job(doc).spec)
     assert (policy.retryable_exit_codes, policy.backoff_seconds, policy.backoff_max_seconds) == \
         (frozenset({124}), 1, 600)
+
+
+def test_in_the_same_second_a_rank_killed_by_a_signal_goes_before_its_peers_follow_on_failures():
+    """finishedAt has whole seconds: rank 1 killed (137) and rank 0's collective failing right after
+    (exit 1) often share one. The killed rank is the cause (seen on the real node)."""
+    same = [exited(0, 1, 4), exited(1, 137, 4)]
+    assert [o.rank for o, _ in ordered(same, POLICY)] == [1, 0]
+    v = on_failure(POLICY, same, Restarts(), attempt=1, nnodes=2)
+    assert v.message.startswith("rank 1 (pod kd-1) exited with code 137")
