@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -185,8 +186,11 @@ def test_a_killed_rank_restarts_the_gang_which_resumes_to_the_same_weights(
         os.kill(pid, signal.SIGKILL)
     st = eventually(lambda: (s := job_status(kube, namespace, name)).get("attempt", 1) >= 2 and s, 120,
                     "attempt 2")
-    # SIGKILL: the worker's own end, as razor.node reports it (128 + 9), not torchrun's 1.
-    assert "rank 1 (pod kdf-1) exited with code 137" in st["message"], st
+    # The status names the first failure the kubelet reported: rank 1's SIGKILL (128 + 9, the
+    # worker's own end as razor.node reports it, not torchrun's 1), or, when its peer's report
+    # reached the operator first, rank 0's follow-on exception (1): which comes first is a race.
+    assert re.search(r"rank (1 \(pod kdf-1\) exited with code 137|0 \(pod kdf-0\) exited with code 1)",
+                     st["message"]), st
     assert st["restarts"] == 1 and st["countedRestarts"] == 1, st  # a crash counts against backoffLimit
     out = razorctl(kube, "wait", name, "-n", namespace, "--timeout", "600", timeout=660)
     assert out.returncode == 0, out.stdout + out.stderr
