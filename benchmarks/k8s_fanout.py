@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from common import PYTHON, ROOT, BenchError, free_port, median, spread, verdict
+from common import PYTHON, ROOT, BenchError, free_port, median, spread, verdict, wait_for
 
 if TYPE_CHECKING:  # the kubernetes client is imported when a measurement starts
     from kubernetes import client as k8s
@@ -142,15 +142,7 @@ class Result:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+
 
 
 def _die_with_parent() -> None:
@@ -203,7 +195,7 @@ class Operator:
             except OSError:
                 return False
 
-        _wait(alive, timeout, f"razor-operator's liveness probe {url}")
+        wait_for(alive, timeout, f"razor-operator's liveness probe {url}")
         return self
 
     @property
@@ -427,7 +419,7 @@ class Kube:
                 if getattr(exc, "status", None) == 404:
                     return False
                 raise
-        _wait(ready, timeout, f"the default ServiceAccount of {name}", 0.05)
+        wait_for(ready, timeout, f"the default ServiceAccount of {name}", 0.05)
         return name
 
     @staticmethod
@@ -467,7 +459,7 @@ class Kube:
         return len(json.loads(data)["items"])
 
     def wait_pods_gone(self, namespace: str, selector: str, timeout: float) -> None:
-        _wait(lambda: self.count_pods(namespace, selector, limit=1) == 0, timeout,
+        wait_for(lambda: self.count_pods(namespace, selector, limit=1) == 0, timeout,
               f"the pods of {namespace} ({selector}) to be deleted (garbage collector)", 0.25)
 
     def pod_bodies(self, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -532,7 +524,7 @@ def cleanup(kube: Kube, op: Operator, ns: str, selector: str, timeout: float) ->
     """Delete every RazorJob of ``ns``; wait until the garbage collector removed their pods."""
     kube.delete_jobs(ns)
     kube.wait_pods_gone(ns, selector, timeout)
-    _wait(lambda: not json.loads(kube.custom.list_namespaced_custom_object(
+    wait_for(lambda: not json.loads(kube.custom.list_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, limit=1, _preload_content=False,
         _request_timeout=REQUEST_TIMEOUT).data)["items"],
         timeout, f"the RazorJobs of {ns} to be deleted")
@@ -595,7 +587,7 @@ def _memory(cp, kube: Kube, op: Operator, result: Result, timeout: float,
             GROUP, VERSION, ns, PLURAL, _preload_content=False,
             _request_timeout=REQUEST_TIMEOUT).data)["items"]
         return sum((j.get("status") or {}).get("phase") == "Suspended" for j in items) == n
-    _wait(all_suspended, max(timeout, n * 0.3), f"{n} RazorJobs to be Suspended", 1.0)
+    wait_for(all_suspended, max(timeout, n * 0.3), f"{n} RazorJobs to be Suspended", 1.0)
     result.suspended_seconds = time.monotonic() - t0
     if op.wait_idle(timeout) is None:
         progress("k8s: the memory operator was still busy; its memory read anyway")

@@ -85,7 +85,7 @@ from typing import Any, Callable
 
 import yaml
 
-from common import ROOT, BenchError, median, outcome, spread, verdict
+from common import ROOT, BenchError, median, outcome, spread, verdict, wait_for
 
 sys.path.insert(0, str(ROOT / "tests"))  # kube_node, and the tests' image and helm helpers
 
@@ -278,14 +278,7 @@ def wait_quiet(timeout: float) -> tuple[bool, float]:
 
 
 def _wait(check: Callable[[], Any], timeout: float, what: str, interval: float = POLL) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(check, timeout, what, interval)
 
 
 def _proc_env(pid: int | str) -> dict[str, str]:

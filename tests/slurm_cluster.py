@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from razor.backends.slurm import record_fields
+
 ROOT = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = ROOT / "scripts" / "slurm-setup.sh"
 
@@ -44,9 +46,6 @@ FINAL_STATES = frozenset({
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
     "PREEMPTED", "TIMEOUT",
 })
-
-# A "Key=" at the start of a field of `scontrol show ... -o` (keys like AllocNode:Sid, CPUs/Task).
-_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:]*)=")
 
 
 class SlurmError(RuntimeError):
@@ -62,17 +61,10 @@ EXIT_NO_NETNS = 3
 
 
 def parse_record(line: str) -> dict[str, str]:
-    """The fields of one ``scontrol show job|node -o`` line: ``{"JobId": "7", "JobState": ...}``.
-
-    A value runs up to the next `` Key=``, so values with spaces (``OS=Linux 6.1 ...``) and with
-    ``=`` in them (``TRES=cpu=1,node=1``) come out whole."""
-    fields: dict[str, str] = {}
-    text = line.strip()
-    matches = list(_FIELD.finditer(text))
-    for m, nxt in zip(matches, [*matches[1:], None]):
-        end = nxt.start() if nxt is not None else len(text)
-        fields.setdefault(m.group(1), text[m.end():end].strip())
-    return fields
+    """The fields of one ``scontrol show job|node -o`` line: ``{"JobId": "7", "JobState": ...}``,
+    read as razorctl reads them (razor.backends.slurm.record_fields: a value runs up to the next
+    `` Key=``, so ``OS=Linux 6.1 ...`` and ``TRES=cpu=1,node=1`` come out whole)."""
+    return record_fields(line)
 
 
 class SlurmCluster:
