@@ -26,9 +26,20 @@ EXIT_INVALID = 2
 def backend(args: argparse.Namespace) -> Backend:
     """The backend the command line names (--slurm, --local, else Kubernetes), with its options."""
     name = "slurm" if getattr(args, "slurm", False) else "local" if getattr(args, "local", False) else "kubernetes"
+    node_rank, master_addr = getattr(args, "node_rank", None), getattr(args, "master_addr", None)
+    sweep = getattr(args, "sweep", None) or []
+    if (node_rank is not None or master_addr) and name != "local":
+        raise Refused("--node-rank and --master-addr run one node of a job on this machine: use them with --local")
+    if node_rank is not None and not master_addr and node_rank != 0:
+        raise Refused("--node-rank needs --master-addr HOST (the address of the machine that runs node 0)")
+    if sweep and name != "slurm":
+        raise Refused("--sweep makes a SLURM job array: use it with --slurm")
+    options = {"node_rank": node_rank, "master_addr": master_addr} if name == "local" else {}
+    if name == "slurm":
+        options["sweep"] = sweep
     return get(name, cwd=Path.cwd(), namespace=getattr(args, "namespace", None),
                kubeconfig=getattr(args, "kubeconfig", None), context=getattr(args, "context", None),
-               defaults_from=getattr(args, "defaults_from", None))
+               defaults_from=getattr(args, "defaults_from", None), **options)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -98,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="start a job (Kubernetes by default; --local, --slurm)")
     with_backend(p)
     with_cluster(p)
+    one_node = p.add_argument_group(
+        "one node of a job on machines without a scheduler (with --local; run the same command on "
+        "each machine, docs/local.md)")
+    one_node.add_argument("--node-rank", type=int, metavar="N",
+                          help="run only node N of the job here (0 is the master)")
+    one_node.add_argument("--master-addr", metavar="HOST",
+                          help="the master machine's address (required with --node-rank)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="--slurm: a job array, one element per value (cfgOptions KEY=value), each "
+                        "with its own work dir; repeat for a grid")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("render", help="print what submit would create or run, without running it")
@@ -120,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                              ("logs", cmd_logs, "a rank's output")):
         p = sub.add_parser(name, help=text)
         p.add_argument("name", help="RazorJob name (with --slurm: the job id, or its name)")
-        p.add_argument("--slurm", action="store_true", help="a SLURM job")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--slurm", action="store_true", help="a SLURM job")
+        where.add_argument("--local", action="store_true",
+                           help="a job that submit --local runs on this machine")
         with_cluster(p)
         p.set_defaults(func=func)
         if name == "status":
@@ -133,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="node rank (default 0; with --slurm: the batch script's own log)")
 
     p = sub.add_parser("list", help="list jobs")
-    p.add_argument("--slurm", action="store_true", help="SLURM's queue")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--slurm", action="store_true", help="SLURM's queue")
+    where.add_argument("--local", action="store_true", help="the jobs submit --local runs on this machine")
     with_cluster(p)
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")

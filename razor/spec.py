@@ -200,6 +200,12 @@ class RazorJobSpec(_Model):
         description="Seconds a node (a pod) has to stop after its SIGTERM (a checkpoint is saved meanwhile); "
                     "razor.node kills what is left of the training 10 s before.",
     )
+    progress_timeout_seconds: int | None = Field(
+        None, ge=1, le=7 * 86400,
+        description="A stall is a failure: when no rank of a node has reported progress for this long "
+                    "(counted from the first report), razor.node stops the training with exit code 124, "
+                    "which restarts the gang without counting against backoffLimit. Off by default.",
+    )
     slurm: Slurm = Field(default_factory=Slurm)
     # Kubernetes: the gang, its restarts and its placement.
     backoff_limit: int = Field(3, ge=0, le=1000, description="Gang restarts after failures before the job fails.")
@@ -431,7 +437,7 @@ CLUSTER_DEFAULTS = (
     "terminationGracePeriodSeconds", "activeDeadlineSeconds", "ttlSecondsAfterFinished",
     "nodeSelector", "tolerations", "priorityClassName", "schedulerName", "serviceAccountName",
     "podSecurityContext", "nodeLostTimeoutSeconds", "retryableExitCodes", "restartBackoffSeconds",
-    "restartBackoffMaxSeconds",
+    "restartBackoffMaxSeconds", "progressTimeoutSeconds",
 )
 #: Spec fields (as written in YAML) that may change while a job exists: they shape no pod, only
 #: what the operator does next (the CRD's CEL rules keep every other field as it was created, so
