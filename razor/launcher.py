@@ -72,12 +72,14 @@ class JobFacts:
     work_dir: str
     master_addr_timeout: int = DEFAULT_MASTER_ADDR_TIMEOUT
     stop_grace: int = DEFAULT_STOP_GRACE
+    progress_timeout: int | None = None
 
     @classmethod
     def of(cls, job: RazorJob) -> "JobFacts":
         spec = job.spec
         return cls(job.name, spec.nnodes, spec.nproc_per_node or 1, spec.gpus_per_node, str(spec.work_dir),
-                   spec.master_addr_timeout_seconds, stop_grace(spec.termination_grace_period_seconds))
+                   spec.master_addr_timeout_seconds, stop_grace(spec.termination_grace_period_seconds),
+                   spec.progress_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,10 @@ CONTRACT: tuple[Var, ...] = (
         "before it kills them: `spec.terminationGracePeriodSeconds` (default 120, on Kubernetes the "
         "pod's grace) minus 10, at least 1, so that the node stops within the pod's grace",
         of_job=lambda j: str(j.stop_grace)),
+    Var("RAZOR_PROGRESS_TIMEOUT", "seconds without a progress report from any training process of the node "
+        "(counted from the first) after which razor.node stops the training and exits 124, stalled "
+        "(`spec.progressTimeoutSeconds`); not set: off", of_job=lambda j: None if j.progress_timeout is None
+        else str(j.progress_timeout)),
     Var("CUDA_VISIBLE_DEVICES", "`-1` on a CPU job (`gpusPerNode: 0`), the seed's way to train on CPU; "
         "not set for a job with GPUs", of_job=lambda j: None if j.gpus_per_node else "-1", cpu_only=True),
 )

@@ -18,8 +18,11 @@ Each failed or lost rank falls in one class (:func:`classify`):
   pod deleted (``RankOutcome.disruption`` names how), or it stopped on a stop signal and exited
   with 75 (``razor.node.EXIT_PREEMPTED``). The gang restarts at once, and the restart does not
   count against ``backoffLimit``: a job on spot capacity never fails for its cluster's doing.
-- **retryable**: an exit code in ``retryableExitCodes`` (a collective timeout, say). The gang
-  restarts after the backoff, not counted against ``backoffLimit``. Such a code wins over
+- **retryable**: an exit code in ``retryableExitCodes`` (a collective timeout, say), and 124
+  (``razor.node.EXIT_STALLED``: no progress for ``progressTimeoutSeconds``) unless the job lists
+  124 in ``permanentExitCodes``. The gang restarts after the backoff, not counted against
+  ``backoffLimit``: a hang is most often the cluster's (a lost link, a stuck GPU), and the
+  restart resumes from the last checkpoint. A code in ``retryableExitCodes`` wins over
   ``permanentExitCodes`` (a job may make one of the cluster's permanent codes retryable).
 - **failure**: anything else (a crash, an OOM kill). The gang restarts after the backoff, counted
   against ``backoffLimit``; when ``backoffLimit`` counted restarts were made already, the job fails.
@@ -36,13 +39,14 @@ restarts without waiting.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from .node import EXIT_PREEMPTED
+from .node import EXIT_PREEMPTED, EXIT_STALLED
 
 
 class Phase(str, Enum):
@@ -94,6 +98,10 @@ class Action(str, Enum):
         return self.value
 
 
+#: The head of razor.node's message for a failed training process (razor.node.failure_message).
+_NODE_MESSAGE = re.compile(r"rank (\d+) exited with code (\d+)")
+
+
 @dataclass(frozen=True)
 class RankOutcome:
     """How one rank of an attempt ended: it exited (``exit_code``) or it was lost (no exit code)."""
@@ -120,14 +128,25 @@ class RankOutcome:
 
     def describe(self) -> str:
         """``rank 2 (pod kd-2) exited with code 137 (OOMKilled)``, ``rank 1 (pod kd-1) lost with
-        node n1: evicted by the taint manager (...)``."""
+        node n1: evicted by the taint manager (...)``, ``rank 1 (pod kd-1) exited with code 1:
+        ValueError: ...`` and the traceback's last lines (razor.node's message as the detail)."""
         who = f"rank {self.rank} ({self.name})" if self.name else f"rank {self.rank}"
         if self.lost:
             where = f" with node {self.node}" if self.node else ""
             return f"{who} lost{where}: {self.detail or 'gone'}"
         why = f" ({self.reason})" if self.reason else ""
         text = f"{who} exited with code {self.exit_code}{why}"
-        return f"{text}: {self.detail}" if self.detail else text
+        detail = self.detail
+        m = _NODE_MESSAGE.match(detail or "")
+        if m and int(m.group(2)) == self.exit_code:
+            # razor.node's "rank R exited with code C: ..." says again what ``text`` says; R is
+            # the training process's own rank, named when it is not this rank's.
+            detail = detail[m.end():].lstrip(": ")
+            if int(m.group(1)) != self.rank:
+                text += f", its process rank {m.group(1)}"
+            if detail.startswith("("):
+                return f"{text} {detail}"
+        return f"{text}: {detail}" if detail else text
 
 
 @dataclass(frozen=True)
@@ -205,6 +224,8 @@ def classify(outcome: RankOutcome, policy: Policy) -> FailureClass:
         return FailureClass.PERMANENT
     if outcome.disruption is not None or code == EXIT_PREEMPTED:
         return FailureClass.DISRUPTION
+    if code == EXIT_STALLED:
+        return FailureClass.RETRYABLE
     return FailureClass.FAILURE
 
 
@@ -240,10 +261,11 @@ def on_failure(policy: Policy, outcomes: Iterable[RankOutcome], restarts: Restar
     if not failed:
         raise ValueError("on_failure needs at least one failed or lost rank")
     culprit, cls = failed[0]
-    what = culprit.describe()
+    # A detail of several lines (a traceback's end) follows the verdict: the first line says all.
+    what, *traceback = culprit.describe().splitlines() or [""]
 
     def verdict(action: Action, counters: Restarts, delay: float, reason: str, message: str) -> Verdict:
-        return Verdict(action, cls, culprit, failed, counters, delay, reason, message)
+        return Verdict(action, cls, culprit, failed, counters, delay, reason, "\n".join([message, *traceback]))
 
     if cls is FailureClass.PERMANENT:
         return verdict(Action.FAIL, restarts, 0.0, "PermanentFailure",

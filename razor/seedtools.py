@@ -146,8 +146,8 @@ def dist_train_env(argv: list[str], environ: dict[str, str]) -> dict[str, str]:
     ``--cfg-options dist_params.port``, else the config's ``dist_params.port``, else 29500), GPUS
     processes (with ``CUDA_VISIBLE_DEVICES=-1``: on CPU, and GPUS_PER_NODE 0), the work dir the
     trainer will use (``--work-dir``, else ``work_dirs/<config stem>``). ``RAZOR_JOB_NAME``
-    (empty unless given: no job), ``RAZOR_MASTER_ADDR_TIMEOUT`` and ``RAZOR_STOP_GRACE`` may be
-    given; ``RAZOR_ATTEMPT`` is 1."""
+    (empty unless given: no job), ``RAZOR_MASTER_ADDR_TIMEOUT``, ``RAZOR_STOP_GRACE`` and ``RAZOR_PROGRESS_TIMEOUT`` (stall
+    detection, off unless given) may be given; ``RAZOR_ATTEMPT`` is 1."""
     if len(argv) < 2:
         raise SystemExit(f"usage: sh tools/{DIST_TRAIN} CONFIG GPUS [--work-dir DIR] [--cfg-options KEY=VALUE ...]")
     config, gpus_arg, *args = argv
@@ -176,6 +176,8 @@ def dist_train_env(argv: list[str], environ: dict[str, str]) -> dict[str, str]:
         work_dir=_trainer_option(args, "--work-dir", "--work_dir") or f"work_dirs/{stem}",
         master_addr_timeout=_int(environ, "RAZOR_MASTER_ADDR_TIMEOUT", DEFAULT_MASTER_ADDR_TIMEOUT, DIST_TRAIN),
         stop_grace=_int(environ, "RAZOR_STOP_GRACE", DEFAULT_STOP_GRACE, DIST_TRAIN),
+        progress_timeout=(_int(environ, "RAZOR_PROGRESS_TIMEOUT", 0, DIST_TRAIN)
+                          if environ.get("RAZOR_PROGRESS_TIMEOUT") else None),
     )
     run = RunFacts(master_addr=environ.get("MASTER_ADDR") or "127.0.0.1", master_port=str(port.port),
                    node_rank=str(_int(environ, "NODE_RANK", 0, DIST_TRAIN)), attempt="1")

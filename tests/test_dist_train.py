@@ -40,9 +40,11 @@ def run_dist_train(tmp_path: Path, *args: str, **seed: str) -> tuple[subprocess.
 
 def test_dist_train_sets_every_variable_of_the_contract(tmp_path: Path):
     res, env = run_dist_train(tmp_path, MLP, "2", "--work_dir", "runs/a b", "--cfg-options", "schedule.epochs=3",
-                              NNODES="2", NODE_RANK="1", PORT="29601", MASTER_ADDR="host0", CUDA_VISIBLE_DEVICES="-1")
+                              NNODES="2", NODE_RANK="1", PORT="29601", MASTER_ADDR="host0", CUDA_VISIBLE_DEVICES="-1",
+                              RAZOR_PROGRESS_TIMEOUT="30")
     assert res.returncode == 0, res.stderr
     assert {v.name for v in CONTRACT} <= set(env)
+    assert env["RAZOR_PROGRESS_TIMEOUT"] == "30"
     assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "host0"
     assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == env["PORT"] == "29601"
     assert env["NNODES"] == env["PET_NNODES"] == "2"

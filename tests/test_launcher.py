@@ -158,8 +158,12 @@ def test_the_contract_has_one_definition():
     assert RESERVED_ENV == {n for n in names if n != "CUDA_VISIBLE_DEVICES"} | set(WORKER_ENV)
     cpu = parse_job(job_doc("c", config="c.yaml", nnodes=2, env={"A": "1"}))
     gpu = parse_job(job_doc("g", config="c.yaml", gpusPerNode=2))
-    assert list(node_env(cpu, 1, "h", 1234, 2)) == [*names, "A"]  # every variable, in CONTRACT's order
-    assert list(node_env(gpu, 0, "h", 1234)) == [n for n in names if n != "CUDA_VISIBLE_DEVICES"]
+    unset = {"RAZOR_PROGRESS_TIMEOUT"}  # the spec's progressTimeoutSeconds is off by default
+    assert list(node_env(cpu, 1, "h", 1234, 2)) == [*(n for n in names if n not in unset), "A"]  # CONTRACT's order
+    assert list(node_env(gpu, 0, "h", 1234)) == [n for n in names if n not in unset | {"CUDA_VISIBLE_DEVICES"}]
+    timed = parse_job(job_doc("t", config="c.yaml", progressTimeoutSeconds=600))
+    assert list(node_env(timed, 0, "h", 1234)) == names  # a CPU job: every variable
+    assert node_env(timed, 0, "h", 1234)["RAZOR_PROGRESS_TIMEOUT"] == "600"
     assert launcher.DEFAULT_TERMINATION_GRACE == razor.spec.DEFAULT_TERMINATION_GRACE
     assert razor.spec.RazorJobSpec.model_fields["port"].default == launcher.DEFAULT_PORT == 29500
 
@@ -194,7 +198,7 @@ def test_the_docs_show_the_contract_as_it_is_defined():
 
 
 def test_the_sbatch_script_sets_the_contract_from_the_one_definition():
-    job = parse_job(job_doc("s", config="c.yaml", nnodes=2, workDir="/w"))
+    job = parse_job(job_doc("s", config="c.yaml", nnodes=2, workDir="/w", progressTimeoutSeconds=900))
     text = slurm.render(job, "/x")
     for var in CONTRACT:
         if var.fact is None:  # the job's: exported as it is

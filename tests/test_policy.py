@@ -114,6 +114,22 @@ def test_retryable_codes_restart_uncounted_but_backed_off():
     assert v.restarts == Restarts(4, 3, 0) and v.delay == 80  # the 4th backed-off restart: 10 * 2**3
 
 
+def test_a_stalled_node_is_retryable_by_default_unless_the_job_makes_it_permanent():
+    """razor.node exits 124 when its ranks stop reporting progress: a hang, most often the
+    cluster's; the gang restarts from its checkpoint, not counted against backoffLimit."""
+    from razor.node import EXIT_STALLED
+
+    assert EXIT_STALLED == 124
+    default = Policy()  # the spec's defaults: no retryableExitCodes
+    stalled = RankOutcome(0, EXIT_STALLED, None, at(0), name="pod kd-0",
+                          detail="no progress for 300 s since epoch 3 step 120")
+    assert classify(stalled, default) is FailureClass.RETRYABLE
+    v = on_failure(default, [stalled], Restarts(), attempt=1, nnodes=2)
+    assert (v.action, v.counted, v.reason) == (Action.RESTART, False, "RetryableExitCode")
+    assert v.message.startswith("rank 0 (pod kd-0) exited with code 124: no progress for 300 s since epoch 3 step 120; ")
+    assert classify(stalled, Policy(permanent_exit_codes=frozenset({124}))) is FailureClass.PERMANENT
+
+
 def test_the_backoff_doubles_per_backed_off_restart_up_to_the_cap():
     assert [backoff_delay(POLICY, n) for n in range(0, 8)] == [0, 10, 20, 40, 80, 160, 320, 360]
     assert backoff_delay(POLICY, 10_000) == 360
@@ -179,3 +195,17 @@ def test_in_the_same_second_a_rank_killed_by_a_signal_goes_before_its_peers_foll
     assert [o.rank for o, _ in ordered(same, POLICY)] == [1, 0]
     v = on_failure(POLICY, same, Restarts(), attempt=1, nnodes=2)
     assert v.message.startswith("rank 1 (pod kd-1) exited with code 137")
+
+
+def test_razor_nodes_message_is_the_detail_said_once_with_its_traceback_after_the_verdict():
+    message = ("rank 3 exited with code 1: ValueError: learning rate must be positive\n"
+               '  File "train.py", line 16, in check_lr\n    raise ValueError("learning rate must be positive")')
+    v = on_failure(POLICY, [exited(1, 1, 0, reason=None, detail=message)], Restarts(), attempt=1, nnodes=2)
+    assert v.message.splitlines() == [
+        "rank 1 (pod kd-1) exited with code 1, its process rank 3: ValueError: learning rate must be positive; "
+        "restarting all 2 rank(s) as attempt 2 in 10s (restart 1 of 3)",
+        '  File "train.py", line 16, in check_lr', '    raise ValueError("learning rate must be positive")']
+    same = exited(1, 3, reason=None, detail="rank 1 exited with code 3 (no traceback recorded: see docs/trainer.md#tracebacks)")
+    assert same.describe() == "rank 1 (pod kd-1) exited with code 3 (no traceback recorded: see docs/trainer.md#tracebacks)"
+    other = exited(0, 137, reason="OOMKilled", detail="rank 0 exited with code 137 (SIGKILL)")
+    assert other.describe() == "rank 0 (pod kd-0) exited with code 137 (OOMKilled) (SIGKILL)"

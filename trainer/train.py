@@ -11,7 +11,11 @@
   every rank (machines need not share the work dir); a changed schedule on resume (more epochs)
   is followed from where the checkpoint is; SIGTERM/SIGUSR2 save a checkpoint, exit 75;
 - ``razor-workdir.json``: the job and model a work dir belongs to; another is refused (workdir.py);
-- ``metrics.jsonl``, ``metrics.png``, ``summary.json``; rank 0 reports, the others stay quiet.
+- ``metrics.jsonl``, ``metrics.png``, ``summary.json``; rank 0 reports, the others stay quiet;
+- progress for razor (:func:`razor.progress.report`) from every rank, at each log interval (at
+  least every 5 seconds) and after each validation, so that every node's razor.node
+  sees its ranks alive; errors recorded for razor.node by torchelastic's ``@record`` on
+  :func:`main`.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from razor.config import ConfigError, apply_options, load_config, parse_cfg_options
 from razor.node import EXIT_PREEMPTED
+from razor.progress import report
 
 from . import checkpoint as ckpt
 from . import workdir
@@ -50,6 +56,9 @@ from .models import build_model, count_parameters
 
 EXIT_CONFIG = 2
 DEFAULT_BASE_GPUS = 8
+#: Progress is reported at least this often (and at each log.interval), so that a stall check of
+#: a few times this long never mistakes a long epoch for a hang.
+PROGRESS_SECONDS = 5.0
 log = logging.getLogger("razor.trainer")
 
 
@@ -419,6 +428,13 @@ class Trainer:
         self.seed = int(cfg.get("seed", 0))
         self.check_every = int((cfg.get("runtime") or {}).get("stop_check_interval", 20))
         self.log_every = int((cfg.get("log") or {}).get("interval", 0))
+        self.progress_every = PROGRESS_SECONDS
+        #: The epochs of each model this run trains (a KD teacher's, then the student's) and how
+        #: many of them come before the current one: the progress is of the whole run.
+        self.plan: list[int] = []
+        self.epochs_before = 0
+        self.samples_seen = 0
+        self.last_report = (time.monotonic(), 0)
         ck = cfg.get("checkpoint") or {}
         self.ckpt_interval = int(ck.get("interval", 1))
         self.max_keep = int(ck.get("max_keep", 3))
@@ -556,6 +572,24 @@ class Trainer:
         if len(kept) != len(rows):
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
+    # -- progress
+    def report_progress(self, stage: str, st: Stage, epoch: int, step: int, steps: int,
+                        loss: float | None = None, accuracy: float | None = None) -> None:
+        """This rank's progress for razor (a no-op outside razor): ``epoch`` (from 1) of the
+        current model, ``step`` of ``steps`` in it, the percent of the whole run, the samples
+        per second of every rank since the last report; the ETA is razor.progress's."""
+        total = sum(self.plan) or st.epochs
+        done = self.epochs_before + epoch - 1 + (step / steps if steps else 1.0)
+        now = time.monotonic()
+        then, samples = self.last_report
+        rate = None
+        if now > then and self.samples_seen > samples:
+            rate = (self.samples_seen - samples) * self.d.world_size / (now - then)
+        self.last_report = (now, self.samples_seen)
+        metrics = {name: value for name, value in (("loss", loss), ("accuracy", accuracy)) if value is not None}
+        report(stage=stage, epoch=epoch, epochs=st.epochs, step=step, steps=steps,
+               percent=min(100.0, 100.0 * done / total), metrics=metrics, samples_per_second=rate)
+
     # -- the loop
     def run_stage(self, st: Stage, resume_path: str | None = None) -> None:
         start_epoch, start_iter = self.restore(st, resume_path)
@@ -592,9 +626,13 @@ class Trainer:
                     self.first_step_time = time.time()
                 loss_sum.add_(loss.detach(), alpha=len(y))
                 seen += len(y)
-                if self.log_every and (it + 1) % self.log_every == 0:
+                self.samples_seen += len(y)
+                logged = bool(self.log_every) and (it + 1) % self.log_every == 0
+                if logged:
                     self.info(f"[{st.name}] epoch {epoch + 1}/{st.epochs} iter {it + 1}/{batches} "
-                              f"loss {float(loss):.4f}")
+                              f"loss {float(loss.detach()):.4f}")
+                if logged or time.monotonic() - self.last_report[0] >= self.progress_every:
+                    self.report_progress("train", st, epoch + 1, it + 1, batches, loss=float(loss.detach()))
                 if (it + 1) % self.check_every == 0 and it + 1 < batches:
                     if any_rank(self.d, self.stop.requested):
                         self.preempt(st, epoch, it + 1)
@@ -606,6 +644,7 @@ class Trainer:
             st.scheduler.step()
             acc = evaluate(st.model, self.data.val, self.d.device)
             done = epoch + 1
+            self.report_progress("val", st, done, batches, batches, loss=train_loss, accuracy=acc)
             seconds = time.monotonic() - tic
             self.record({"stage": st.name, "epoch": done, "loss": round(train_loss, 6), "lr": lr,
                          "val_acc": round(acc, 6), "seconds": round(seconds, 4),
@@ -641,6 +680,9 @@ class Trainer:
             temperature, alpha = float(algo.get("temperature", 4.0)), float(algo.get("alpha", 0.9))
             if temperature <= 0 or not 0.0 <= alpha <= 1.0:
                 raise ConfigError("algorithm: temperature must be > 0 and alpha in [0, 1]")
+            if not tcfg.get("checkpoint"):  # trained first: part of the run
+                self.plan.append(int(tcfg.get("epochs", cfg["schedule"].get("epochs", 10))))
+            self.plan.append(int(cfg["schedule"].get("epochs", 10)))
             teacher = self.teacher(tcfg)
             summary["teacher_accuracy"] = evaluate(teacher, self.data.val, self.d.device)
             self.info(f"[teacher] accuracy {summary['teacher_accuracy']:.4f} on "
@@ -660,6 +702,8 @@ class Trainer:
             raise ConfigError(f"algorithm.type {kind!r} is not known (known: supervised, kd)")
         st = self.make_stage("student" if kind == "kd" else "model", cfg["model"], cfg["optimizer"],
                              cfg["schedule"], self.work_dir, loss)
+        self.plan = self.plan or [st.epochs]
+        self.epochs_before = sum(self.plan[:-1])
         self.run_stage(st, explicit)
         digests = gather(self.d, weights_digest(st.model))
         summary.update({
@@ -724,6 +768,22 @@ def default_work_dir(config: str) -> Path:
     return Path("work_dirs") / Path(config).stem
 
 
+def record_error(exc: BaseException) -> None:
+    """Write a config error, which ends the run with exit code 2 and no traceback, to torchrun's
+    error file for this process (``TORCHELASTIC_ERROR_FILE``, as ``@record`` does for an
+    exception), so that razor.node's message (a pod's status, ``razorctl status``) says it."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    doc = {"message": {"message": f"{type(exc).__name__}: {exc}",
+                       "extraInfo": {"py_callstack": "", "timestamp": str(int(time.time()))}}}
+    try:
+        Path(path).write_text(json.dumps(doc))
+    except OSError:
+        pass
+
+
+@record  # an exception's traceback goes to torchrun's error file, where razor.node reads it
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     d = Dist()
@@ -750,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
             if trainer.lr_note:
                 log.info(trainer.lr_note)
         summary = trainer.train()
+        report(stage="done", epoch=summary["epochs"], epochs=summary["epochs"], percent=100.0, eta_seconds=0,
+               metrics={"accuracy": summary["accuracy"]})
         if d.is_main:
             from .plot import plot_metrics
 
@@ -776,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         if d.is_main or not d.enabled:
             print(f"razor_trainer: error: {exc}", file=sys.stderr, flush=True)
+        record_error(exc)
         return EXIT_CONFIG
     finally:
         if dist.is_available() and dist.is_initialized():
