@@ -179,6 +179,24 @@ def status_schema() -> dict[str, Any]:
         "class": {"type": "string", "description": "Permanent, Failure, Retryable or Disruption"},
         "node": {"type": "string"}, "finishedAt": {"type": "string", "format": "date-time"},
         "message": {"type": "string"}}}
+    number = {"type": "number", "minimum": 0}
+    count = {"type": "integer", "minimum": 0}
+    progress = {
+        "type": "object",
+        "description": "How far the training is, as its rank 0 last reported it (razor.progress; "
+                       "Kubeflow Trainer's trainerStatus is the model).",
+        "properties": {
+            "stage": {"type": "string", "description": "What it does now: train, val, save, ..."},
+            "epoch": count, "epochs": count, "step": count, "steps": count,
+            "percent": {**number, "maximum": 100, "description": "Of the whole training."},
+            "etaSeconds": {**number, "description": "Estimated seconds left."},
+            "metrics": {"type": "object", "additionalProperties": {"type": "number"},
+                        "description": "The last values of the training's metrics (loss, accuracy, ...)."},
+            "samplesPerSecond": number,
+            "lastUpdateTime": {"type": "string", "format": "date-time"},
+            "attempt": {"type": "integer", "description": "The attempt that reported it."},
+        },
+    }
     by_phase = {"type": "object", "description": "The attempt's ranks by phase (pending: not running yet).",
                 "properties": {k: {"type": "integer"} for k in ("pending", "running", "succeeded", "failed")}}
     return {
@@ -202,6 +220,7 @@ def status_schema() -> dict[str, Any]:
             "conditions": {"type": "array", "items": condition,
                            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
             "ranksByPhase": by_phase,
+            "progress": progress,
             "ranks": {"type": "array", "items": rank,
                       "description": "At most 32 of the attempt's ranks, the most telling: every rank of a small job."},
             "failedRanks": {"type": "array", "items": failed_rank,
@@ -228,6 +247,8 @@ def crd() -> dict[str, Any]:
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent",
+                     "description": "Percent of the training done, as rank 0 last reported it"},
                     {"name": "Nodes", "type": "integer", "jsonPath": ".spec.nnodes"},
                     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpusPerNode",
                      "description": "GPUs per node"},

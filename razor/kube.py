@@ -18,6 +18,17 @@ LABEL_RANK = "razor.dev/node-rank"
 LABEL_ATTEMPT = "razor.dev/attempt"
 CONTAINER = "trainer"
 SHM_VOLUME = "dshm"
+#: The audience of the pods' progress token: only razor-operator accepts it (a TokenReview with
+#: this audience), and the API server does not, so the token gives the pod no API rights at all.
+PROGRESS_AUDIENCE = "razor-operator"
+PROGRESS_VOLUME = "razor-progress"
+PROGRESS_TOKEN_DIR = "/var/run/secrets/razor.dev/progress"
+PROGRESS_TOKEN_FILE = f"{PROGRESS_TOKEN_DIR}/token"
+#: The token's lifetime; the kubelet renews a projected token at 80 % of it.
+PROGRESS_TOKEN_SECONDS = 3600
+#: Where razor.node writes the failure message (the traceback's last lines, a stall): Kubernetes
+#: keeps the file's contents as the container's state.terminated.message.
+TERMINATION_LOG = "/dev/termination-log"
 #: The NoExecute taints the node lifecycle controller puts on a node that stops answering (its
 #: kubelet silent, or not ready); the taint eviction controller then evicts the pods that do not
 #: tolerate them, after their ``tolerationSeconds`` (300 by default, DefaultTolerationSeconds).
@@ -97,11 +108,28 @@ def service(job: RazorJob, namespace: str, uid: str | None = None, port: int | N
     }
 
 
+def progress_env(progress_url: str | None) -> dict[str, str]:
+    """How razor.node reports: to ``progress_url`` (the operator's --progress-url; none, no
+    reports), proving who it is with the pod's projected token; and where it leaves its failure
+    message for the kubelet."""
+    env = {"RAZOR_PROGRESS_URL": progress_url} if progress_url else {}
+    return {**env, "RAZOR_PROGRESS_TOKEN_FILE": PROGRESS_TOKEN_FILE, "RAZOR_TERMINATION_LOG": TERMINATION_LOG}
+
+
+def progress_volume() -> dict[str, Any]:
+    """A ServiceAccount token bound to the pod, for the operator only (audience razor-operator):
+    the operator's TokenReview tells it which pod reports, so a pod can report the progress of
+    its own job and of no other, without any RBAC (unlike a token it could patch a RazorJob
+    with). It expires with the pod, and the kubelet renews it while the pod runs."""
+    return {"name": PROGRESS_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": PROGRESS_AUDIENCE, "expirationSeconds": PROGRESS_TOKEN_SECONDS, "path": "token"}}]}}
+
+
 def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attempt: int = 1,
-        port: int | None = None) -> dict[str, Any]:
+        port: int | None = None, progress_url: str | None = None) -> dict[str, Any]:
     spec = job.spec
     p = job_port(job, port)
-    env = node_env(job, rank, master_addr(job, namespace), p, attempt)
+    env = {**node_env(job, rank, master_addr(job, namespace), p, attempt), **progress_env(progress_url)}
     resources: dict[str, dict[str, str]] = {}
     if spec.resources.requests:
         resources["requests"] = dict(spec.resources.requests)
@@ -117,7 +145,12 @@ def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attemp
         "args": node_argv(job)[3:],
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "ports": [{"name": "rendezvous", "containerPort": p, "protocol": "TCP"}],
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, *spec.volume_mounts],
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+                         {"name": PROGRESS_VOLUME, "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True},
+                         *spec.volume_mounts],
+        # razor.node's message (RAZOR_TERMINATION_LOG), else the log's tail: why a rank failed
+        # reaches the job's status and Events.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources:
         container["resources"] = resources
@@ -133,7 +166,7 @@ def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attemp
         # razor.node stops within it: RAZOR_STOP_GRACE is this minus a margin (razor.launcher).
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "containers": [container],
-        "volumes": [{"name": SHM_VOLUME, "emptyDir": shm}, *spec.volumes],
+        "volumes": [{"name": SHM_VOLUME, "emptyDir": shm}, progress_volume(), *spec.volumes],
     }
     if spec.host_network:
         pod_spec["hostNetwork"] = True
@@ -146,14 +179,15 @@ def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attemp
         if value:
             pod_spec[key] = value
     if not spec.service_account_name:
-        pod_spec["automountServiceAccountToken"] = False  # the trainer never calls the API
+        # The trainer never calls the API (its progress token is for the operator only).
+        pod_spec["automountServiceAccountToken"] = False
     labels = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": _meta(job, pod_name(job, rank), namespace, uid, labels), "spec": pod_spec}
 
 
 def objects(job: RazorJob, namespace: str, uid: str | None = None, attempt: int = 1,
-            port: int | None = None) -> list[dict[str, Any]]:
+            port: int | None = None, progress_url: str | None = None) -> list[dict[str, Any]]:
     """What the operator creates for a job: the Service, then every rank's pod."""
     return [service(job, namespace, uid, port),
-            *(pod(job, r, namespace, uid, attempt, port) for r in range(job.spec.nnodes))]
+            *(pod(job, r, namespace, uid, attempt, port, progress_url) for r in range(job.spec.nnodes))]

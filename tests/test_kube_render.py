@@ -182,3 +182,37 @@ def test_the_pvc_example_keeps_the_work_dir_on_the_claim():
                    for m in mounts), (workdir, mounts)
         assert all({"name": name, "persistentVolumeClaim": {"claimName": claim}} in spec["volumes"]
                    for name, claim in claims.items())
+
+
+def test_pods_report_progress_with_a_token_for_the_operator_alone():
+    """A token the API server does not take (audience razor-operator), read-only, renewed by the
+    kubelet; the URL only when the operator has one (--progress-url); the failure message's file
+    and its fallback to the log."""
+    job = parse_job(job_doc("p", config="c.yaml"))
+    pod = kube.pod(job, 0, "ml", progress_url="http://razor-operator.razor-system.svc:8090/progress")
+    spec, (container,) = pod["spec"], pod["spec"]["containers"]
+    assert {"name": "razor-progress", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "razor-operator", "expirationSeconds": 3600, "path": "token"}}]}} in spec["volumes"]
+    assert {"name": "razor-progress", "mountPath": "/var/run/secrets/razor.dev/progress", "readOnly": True} \
+        in container["volumeMounts"]
+    env = pod_env(pod)
+    assert env["RAZOR_PROGRESS_URL"] == "http://razor-operator.razor-system.svc:8090/progress"
+    assert env["RAZOR_PROGRESS_TOKEN_FILE"] == "/var/run/secrets/razor.dev/progress/token"
+    assert env["RAZOR_TERMINATION_LOG"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert spec["automountServiceAccountToken"] is False
+    assert "RAZOR_PROGRESS_URL" not in pod_env(kube.pod(job, 0, "ml"))  # razorctl render: no operator's URL
+    # A user's spec.env cannot redirect the reports.
+    mine = parse_job(job_doc("p", config="c.yaml", env={"NCCL_DEBUG": "INFO"}))
+    assert pod_env(kube.pod(mine, 0, "ml", progress_url="http://o/progress"))["RAZOR_PROGRESS_URL"] == "http://o/progress"
+
+
+def test_the_crd_has_the_progress_and_its_column():
+    version = crd.crd()["spec"]["versions"][0]
+    columns = [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"]]
+    assert columns[:2] == [("Phase", ".status.phase"), ("Progress", ".status.progress.percent")]
+    progress = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["progress"]
+    assert set(progress["properties"]) == {"stage", "epoch", "epochs", "step", "steps", "percent", "etaSeconds",
+                                           "metrics", "samplesPerSecond", "lastUpdateTime", "attempt"}
+    assert progress["properties"]["metrics"]["additionalProperties"] == {"type": "number"}
+    assert progress["properties"]["percent"]["maximum"] == 100

@@ -528,3 +528,58 @@ def test_the_phases_are_one_enum_of_words():
     assert d.status["phase"] == Phase.RUNNING and type(d.status["phase"]) is str
     assert all(type(c["type"]) is str for c in d.status["conditions"])
     assert rec.FINISHED == {Phase.SUCCEEDED, Phase.FAILED} and "Failed" in rec.FINISHED
+
+
+# ----------------------------------------------------------------------------- what a rank said
+
+
+def test_pod_state_reads_its_containers_termination_message():
+    def pod(term, last=None):
+        cs = {"name": "trainer", "state": {"terminated": term}}
+        if last:
+            cs["lastState"] = {"terminated": last}
+        return {"metadata": {"name": "kd-1", "labels": {"razor.dev/node-rank": "1", "razor.dev/attempt": "1"}},
+                "status": {"phase": "Failed", "containerStatuses": [cs]}}
+
+    said = "rank 3 exited with code 1: ValueError: the batch is empty\n"
+    assert PodState.from_pod(pod({"exitCode": 1, "message": said})).message == said.strip()
+    assert PodState.from_pod(pod({"exitCode": 1}, {"exitCode": 1, "message": said})).message == said.strip()
+    assert PodState.from_pod(pod({"exitCode": 1, "message": "  \n"})).message is None
+
+
+def test_a_failed_ranks_message_is_in_the_status_and_the_event():
+    said = "rank 3 exited with code 1: ValueError: the batch is empty\n  File \"train.py\", line 9\nValueError: x"
+    failed = PodState("kd-1", 1, 1, "Failed", 1, "Error", message=said)
+    d = decide(job(), {"phase": "Running", "attempt": 1}, pods(r1=failed), NOW)
+    # razor.policy: the verdict after the first line, the traceback's end below it.
+    assert d.status["message"] == ("rank 1 (pod kd-1) exited with code 1 (Error), its process rank 3: ValueError: "
+                                   "the batch is empty; restarting all 4 rank(s) as attempt 2 in 10s (restart 1 of 3)"
+                                   "\n  File \"train.py\", line 9\nValueError: x")
+    assert d.status["failedRanks"][0]["message"] == said
+    assert ("Warning", "Restarting", d.status["message"]) in d.events
+
+
+def test_a_stalled_rank_exits_124_and_says_where_it_stalled():
+    stalled = PodState("kd-0", 0, 1, "Failed", 124, "Error", message="no progress for 300 s since epoch 2 step 30")
+    d = decide(job(retryableExitCodes=[124]), {"phase": "Running", "attempt": 1}, pods(r0=stalled), NOW)
+    assert d.status["message"].startswith("rank 0 (pod kd-0) exited with code 124 (Error): no progress for 300 s "
+                                          "since epoch 2 step 30; restarting all 4 rank(s) as attempt 2")
+    assert d.status["countedRestarts"] == 0
+
+
+def test_a_disruption_keeps_its_own_account_over_the_log_tail():
+    evicted = PodState("kd-2", 2, 1, "Failed", 137, "Error", disruption="EvictionByEvictionAPI",
+                       message="Killed\n(the log's last lines)")
+    d = decide(job(), {"phase": "Running", "attempt": 1}, pods(r2=evicted), NOW)
+    assert "evicted through the Eviction API" in d.status["message"] and "Killed" not in d.status["message"]
+
+
+def test_a_long_message_keeps_its_first_line_and_its_last_lines():
+    lines = ["rank 3 exited with code 1: RuntimeError: NCCL error", "Traceback (most recent call last):",
+             *[f'  File "m.py", line {i}, in f' for i in range(200)], "RuntimeError: NCCL error"]
+    text = rec.bounded("\n".join(lines))
+    assert len(text) <= rec.DETAIL_MAX
+    out = text.splitlines()
+    assert out[:2] == [lines[0], "..."] and out[-1] == "RuntimeError: NCCL error" and out[-2] == lines[-2]
+    assert rec.bounded("short\n\n  message  \n") == "short\n  message"
+    assert rec.bounded("x" * 2000).startswith("x" * 100) and len(rec.bounded("x" * 2000)) <= rec.DETAIL_MAX

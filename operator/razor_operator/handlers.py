@@ -23,6 +23,8 @@ from . import metrics
 from .reconcile import FINISHED, Decision, Phase, PodState, decide, job_event_matters, pod_event_matters
 from .world import World
 
+#: Status fields that others write (the pods' progress reports): never in a reconcile's patch.
+REPORTED = frozenset({"progress"})
 
 
 def _owned(pod: dict[str, Any], uid: str) -> bool:
@@ -77,13 +79,15 @@ def _apply(world: World, body: dict[str, Any], job, namespace: str, uid: str, d:
         world.api.create_service(namespace, kube.service(job, namespace, uid, port))
     if d.create_ranks:
         attempt = int(d.status.get("attempt", 1))
-        bodies = [kube.pod(job, r, namespace, uid, attempt, port) for r in d.create_ranks]
+        bodies = [kube.pod(job, r, namespace, uid, attempt, port, world.progress_url) for r in d.create_ranks]
         created = list(world.pool.map(lambda b: world.api.create_pod(namespace, b), bodies))
         metrics.PODS_CREATED.inc(sum(created))
-    old = body.get("status") or {}
-    if d.status != old:
+    # status.progress is the pods' (progress.py): the reconcile leaves it as it is now, not as read.
+    old = {k: v for k, v in (body.get("status") or {}).items() if k not in REPORTED}
+    new = {k: v for k, v in d.status.items() if k not in REPORTED}
+    if new != old:
         # A merge patch: a field the decision dropped (nextAttemptTime, say) goes as a null.
-        status = {**{k: None for k in old if k not in d.status}, **d.status}
+        status = {**{k: None for k in old if k not in new}, **new}
         status["observedGeneration"] = body["metadata"].get("generation")
         world.api.patch_status(namespace, name, status)
     for kind, reason, message in d.events:

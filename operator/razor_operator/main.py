@@ -1,6 +1,7 @@
 """razor-operator: watch RazorJobs and run each as a gang of pods.
 
     razor-operator [--namespace NS ...] [--liveness URL] [--metrics-port N] [--standalone|--peering NAME]
+                   [--progress-port N --progress-url URL]
 
 In a cluster it uses the pod's service account; elsewhere the current kubeconfig context
 (or ``--kubeconfig``).
@@ -14,6 +15,7 @@ import logging
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 import yaml
@@ -23,7 +25,9 @@ from kubernetes.client.rest import ApiException
 from razor.crd import PLURAL
 from razor.spec import CLUSTER_DEFAULT_KEYS, GROUP, VERSION, SpecError, parse_cluster_defaults
 
+from . import server
 from .handlers import reconcile, register
+from .progress import Receiver
 from .world import World
 from .ports import PortIndex
 from .reconcile import FINISHED
@@ -38,6 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
     p.add_argument("--metrics-address", default="0.0.0.0", help="address of the metrics server")
+    p.add_argument("--progress-port", type=int, default=0,
+                   help="receive the pods' progress reports (POST /progress) on this port (0: off; the "
+                        "same port as --metrics-port shares its server)")
+    p.add_argument("--progress-address", default="0.0.0.0", help="address of the progress endpoint")
+    p.add_argument("--progress-url", metavar="URL",
+                   help="where the pods reach that endpoint, e.g. http://razor-operator.razor-system.svc:8090/progress "
+                        "(their RAZOR_PROGRESS_URL); unset: the pods report no progress to the operator")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--standalone", action="store_true", default=True,
                        help="run alone, without peering (the default)")
@@ -69,6 +80,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(f"--host-port-range {args.host_port_range!r}: {exc}")
     args.port_range = (first, last)
+    if args.progress_url:
+        url = urlsplit(args.progress_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            p.error(f"--progress-url {args.progress_url!r}: expected http(s)://HOST[:PORT]/progress")
+    for flag in ("metrics_port", "progress_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a port, 0 to 65535")
     return args
 
 
@@ -117,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     api = load_kube(args.kubeconfig)
     ports = PortIndex(*args.port_range)
     rebuild_ports(api, ports, args.namespace)
-    world = World(api, ports, workers=args.workers, defaults=args.job_defaults, reconcile=reconcile)
+    world = World(api, ports, workers=args.workers, defaults=args.job_defaults, reconcile=reconcile,
+                  progress_url=args.progress_url)
     world.trimmer.start()
     register(world)
 
@@ -136,12 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
 
+    endpoints = []
     if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port, addr=args.metrics_address)
+        endpoints.append((args.metrics_address, args.metrics_port, {("GET", "/metrics"): server.metrics_route}))
+    if args.progress_port:
+        route = server.progress_route(Receiver(world.api))
+        endpoints.append((args.progress_address, args.progress_port, {("POST", "/progress"): route}))
+    server.serve(endpoints)
     print(json.dumps({"razor-operator": "starting", "namespaces": args.namespace or "all",
                       "liveness": args.liveness, "metrics_port": args.metrics_port or None,
+                      "progress_port": args.progress_port or None, "progress_url": args.progress_url,
                       "defaults": args.job_defaults}),
           flush=True)
     kopf.run(

@@ -48,6 +48,28 @@ __all__ = ["FINISHED", "Phase", "PodState", "Decision", "decide", "job_event_mat
 
 #: At most this many entries in status.ranks and status.failedRanks, whatever the job's size.
 STATUS_RANKS = 32
+#: At most this many characters of a container's termination message go into a rank's outcome
+#: (status.message, failedRanks[].message, the Event): a Kubernetes Event keeps 1024 (kopf cuts
+#: the middle out of a longer one), and the message around it needs room.
+DETAIL_MAX = 600
+
+
+def bounded(text: str, limit: int = DETAIL_MAX) -> str:
+    """A termination message cut to ``limit`` characters the way a traceback reads: its first
+    line (razor.node's "rank R exited with code C: <the exception>", or a stall's "no progress
+    for N s since ...") and as many of its last lines (the root cause's frames) as fit."""
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    if len("\n".join(lines)) <= limit:
+        return "\n".join(lines)
+    head = lines[0] if len(lines[0]) <= limit // 2 else lines[0][:limit // 2 - 3] + "..."
+    tail: list[str] = []
+    room = limit - len(head) - len("\n...")
+    for line in reversed(lines[1:]):
+        if len(line) + 1 > room:
+            break
+        tail.insert(0, line)
+        room -= len(line) + 1
+    return "\n".join([head, "...", *tail])
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,9 @@ class PodState:
     unreachable_since: datetime | None = None
     finished_at: datetime | None = None         # its container's terminated finishedAt
     disruption_since: datetime | None = None    # its DisruptionTarget condition's time
+    #: Its container's termination message (razor.node's failure message through
+    #: /dev/termination-log, else the log's tail: FallbackToLogsOnError), bounded.
+    message: str | None = None
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> "PodState | None":
@@ -81,12 +106,15 @@ class PodState:
         except (KeyError, ValueError):
             return None
         status = pod.get("status") or {}
-        code = reason = finished = None
+        code = reason = finished = message = None
         for cs in status.get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if term:
                 code, reason = term.get("exitCode"), term.get("reason")
                 finished = _parse_ts(term.get("finishedAt"))
+                # The message of this end, else of the container's previous one (lastState).
+                said = term.get("message") or ((cs.get("lastState") or {}).get("terminated") or {}).get("message")
+                message = bounded(said) if (said or "").strip() else None
                 if code:
                     break
         conditions = status.get("conditions") or []
@@ -107,7 +135,7 @@ class PodState:
                    (pod.get("spec") or {}).get("nodeName"), meta.get("uid"),
                    _parse_ts(meta.get("deletionTimestamp")), None if grace is None else int(grace),
                    disruption, unreachable_since, finished,
-                   _parse_ts(target.get("lastTransitionTime")) if target else None)
+                   _parse_ts(target.get("lastTransitionTime")) if target else None, message)
 
     @property
     def done(self) -> bool:
@@ -207,6 +235,8 @@ def _failed_outcome(p: PodState) -> RankOutcome:
     if p.exit_code is None:  # failed before its container ran (rejected by its kubelet, say)
         why = f" ({p.reason})" if p.reason else ""
         what = what or f"its pod failed without an exit code{why}"
+    elif kind is None and p.message:  # its own failure: what it said as it ended (a traceback, a stall)
+        what = p.message
     return RankOutcome(p.rank, p.exit_code, p.reason, p.finished_at or p.disruption_since, kind,
                        f"pod {p.name}", p.node, what)
 

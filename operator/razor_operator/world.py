@@ -41,6 +41,7 @@ class Api:
     def __init__(self, api_client: client.ApiClient):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.auth = client.AuthenticationV1Api(api_client)
 
     # -- reads (raw JSON: cheaper than the client's models for many pods)
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -55,6 +56,20 @@ class Api:
         resp = self.core.list_namespaced_pod(namespace, label_selector=f"{kube.LABEL_JOB}={job}",
                                              _preload_content=False)
         return json.loads(resp.data)["items"]
+
+    def find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod by name, through ``list`` (the operator's RBAC has no ``get`` of pods)."""
+        resp = self.core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}",
+                                             _preload_content=False)
+        items = json.loads(resp.data)["items"]
+        return items[0] if items else None
+
+    def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """The status of a TokenReview of ``token`` for ``audiences``: who it is, if anyone."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences}}
+        resp = self.auth.create_token_review(body, _preload_content=False)
+        return json.loads(resp.data).get("status") or {}
 
     def service_exists(self, namespace: str, name: str) -> bool:
         try:
@@ -212,14 +227,17 @@ class Queue:
 
 class World:
     """What the handlers work with: the API, the clock and the queue, the host-port index, the
-    pool that creates pods concurrently, and the cluster's defaults for spec fields a job leaves
-    out. ``reconcile`` is the function the queue runs for a job (handlers.reconcile)."""
+    pool that creates pods concurrently, the cluster's defaults for spec fields a job leaves
+    out, and where the pods report progress (--progress-url; None: they do not). ``reconcile``
+    is the function the queue runs for a job (handlers.reconcile)."""
 
     def __init__(self, api_client: client.ApiClient, ports: PortIndex, workers: int = 32,
                  defaults: dict[str, Any] | None = None,
-                 reconcile: Callable[[World, str, str], Decision | None] | None = None):
+                 reconcile: Callable[[World, str, str], Decision | None] | None = None,
+                 progress_url: str | None = None):
         self.api = Api(api_client)
         self.defaults = defaults or {}
+        self.progress_url = progress_url
         self.ports = ports
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="razor-create")
         self.trimmer = Trimmer()

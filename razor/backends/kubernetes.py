@@ -20,6 +20,7 @@ from .. import kube
 from ..config import ConfigError, load_config
 from ..crd import PLURAL
 from ..policy import FINISHED
+from ..progress import Progress, bar, describe as progress_text
 from ..launcher import CONFIG_PORT, Network, job_port, requested_ports
 from ..spec import GROUP, VERSION, RazorJob, SpecError, parse_cluster_defaults, parse_job, with_cluster_defaults
 from . import Backend
@@ -208,11 +209,36 @@ def table(items: list[dict[str, Any]], all_namespaces: bool) -> str:
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
 
-def describe(obj: dict[str, Any]) -> str:
+def _indented(text: str, indent: str) -> str:
+    """A message of several lines (a traceback's last lines) under its label."""
+    return ("\n" + indent).join(str(text).splitlines() or [""])
+
+
+def progress_line(status: dict[str, Any], tty: bool = False, now: float | None = None) -> str | None:
+    """The job's progress as rank 0 last reported it (status.progress): a bar and one line on a
+    terminal, the line alone otherwise; None before any report."""
+    doc = status.get("progress")
+    if not doc:
+        return None
+    try:
+        p = Progress.from_status(doc)
+    except ValueError:
+        return None
+    text = progress_text(p, now)
+    attempt = doc.get("attempt")
+    if attempt and attempt != status.get("attempt", attempt):
+        text += f" (attempt {attempt})"
+    return f"{bar(p)} {text}" if tty else text
+
+
+def describe(obj: dict[str, Any], tty: bool = False, now: float | None = None) -> str:
     md, st = obj["metadata"], obj.get("status") or {}
     lines = [f"RazorJob {md['namespace']}/{md['name']}: {st.get('phase', 'not yet seen by the operator')}"]
+    progress = progress_line(st, tty, now)
+    if progress:
+        lines.append(f"  progress: {progress}")
     if st.get("message"):
-        lines.append(f"  message:  {st['message']}")
+        lines.append(f"  message:  {_indented(st['message'], ' ' * 12)}")
     restarts = st.get("restarts", 0)
     counted = st.get("countedRestarts", restarts)
     lines.append(f"  attempt:  {st.get('attempt', 1)}, restarts: {restarts} (counted {counted}, "
@@ -234,11 +260,11 @@ def describe(obj: dict[str, Any]) -> str:
         why = f" ({f['reason']})" if f.get("reason") else ""
         kind = f" [{f['class']}]" if f.get("class") else ""
         node = f" on node {f['node']}" if f.get("node") else ""
-        msg = f": {f['message']}" if f.get("message") else ""
+        msg = f": {_indented(f['message'], ' ' * 4)}" if f.get("message") else ""
         lines.append(f"  failed: rank {f['rank']} (attempt {f.get('attempt', '?')}){code}{why}{kind}{node}{msg}")
     for cond in st.get("conditions") or []:
         lines.append(f"  condition {cond['type']}={cond['status']} ({cond.get('reason', '')}) "
-                     f"{cond.get('message', '')}".rstrip())
+                     f"{_indented(cond.get('message', ''), ' ' * 4)}".rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -303,9 +329,9 @@ class KubernetesBackend(Backend):
         cluster, ns = self.cluster()
         obj = cluster.get(ref, ns)
         if fmt == "text":
-            self.out.write(describe(obj))
+            self.out.write(describe(obj, tty=getattr(self.out, "isatty", lambda: False)()))
         else:
-            dump(obj, fmt, self.out)
+            dump(obj, fmt, self.out)  # status.progress as the operator stored it
         return 0
 
     def list(self, all_namespaces: bool = False, fmt: str = "text") -> int:

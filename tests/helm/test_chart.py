@@ -38,6 +38,7 @@ from conftest import eventually
 from kube_cluster import ROOT, ControlPlane
 from razor.spec import CLUSTER_DEFAULTS, DEFAULT_CPU_IMAGE, DEFAULT_IMAGE, parse_cluster_defaults, parse_job
 from k8s.conftest import namespace_name
+from k8s.test_progress import post_progress, pod_token
 
 from .conftest import CHART, Helm
 
@@ -72,6 +73,9 @@ USER_ROLES = [("ClusterRole", "razor-edit", None), ("ClusterRole", "razor-view",
               ("Role", "razor-defaults-reader", SYSTEM_NS), ("RoleBinding", "razor-defaults-reader", SYSTEM_NS)]
 # What kopf observes cluster-wide: CRDs always, namespaces only when it is given namespaces.
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+# The pods' progress reports (progress.enabled): TokenReviews, cluster-wide objects.
+TOKEN_RULES = {("authentication.k8s.io", "tokenreviews", "create")}
+PROGRESS_ARGS = ["--progress-port=8090", "--progress-url=http://razor-operator.razor-system.svc:8090/progress"]
 NAMESPACE_RULES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 # No permission-related complaint (nor any traceback) may appear in the operator's log.
 LOG_PROBLEMS = ("Forbidden", "forbidden", "status=403", "(403)", "Not enough permissions",
@@ -209,7 +213,8 @@ class OperatorProcess:
     """
 
     def __init__(self, manifest: list[dict], kubeconfig: Path, log_path: Path) -> None:
-        self.live_port, self.metrics_port = free_port(), free_port()
+        self.live_port, self.metrics_port, self.progress_port = free_port(), free_port(), free_port()
+        self.progress_url = f"http://127.0.0.1:{self.progress_port}/progress"
         # The ConfigMap the Deployment mounts at /etc/razor, as a file here.
         defaults = log_path.with_name("defaults.yaml")
         defaults.write_text(one(manifest, "ConfigMap")["data"]["defaults.yaml"])
@@ -219,12 +224,17 @@ class OperatorProcess:
                 a = f"--liveness=http://127.0.0.1:{self.live_port}/healthz"
             elif a.startswith("--metrics-port="):
                 a = f"--metrics-port={self.metrics_port}"
+            elif a.startswith("--progress-port="):
+                a = f"--progress-port={self.progress_port}"
+            elif a.startswith("--progress-url="):  # the Service's URL, here the process's own
+                a = f"--progress-url={self.progress_url}"
             elif a == "--defaults=/etc/razor/defaults.yaml":
                 a = f"--defaults={defaults}"
             args.append(a)
         self.metrics = any(a.startswith("--metrics-port=") for a in args)
+        self.progress = any(a.startswith("--progress-port=") for a in args)
         self.argv = [sys.executable, "-m", "razor_operator", *args, f"--kubeconfig={kubeconfig}",
-                     "--metrics-address=127.0.0.1"]
+                     "--metrics-address=127.0.0.1", "--progress-address=127.0.0.1"]
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -323,6 +333,7 @@ def test_default_render(helm: Helm):
         ("Deployment", "razor-operator", SYSTEM_NS),
         ("Role", "razor-defaults-reader", SYSTEM_NS),
         ("RoleBinding", "razor-defaults-reader", SYSTEM_NS),
+        ("Service", "razor-operator", SYSTEM_NS),
         ("Service", "razor-operator-metrics", SYSTEM_NS),
         ("ServiceAccount", SA, SYSTEM_NS),
     ]
@@ -337,26 +348,32 @@ def test_default_render(helm: Helm):
     c = operator_container(objs)
     assert c["image"] == "razor-operator:0.1.0" and c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["razor-operator"]
-    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090",
+    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090", *PROGRESS_ARGS,
                          "--standalone", "--workers=32", "--host-port-range=29500-32767",
                          "--defaults=/etc/razor/defaults.yaml"]
     assert c["securityContext"] == {
         "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9090}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9090,
+                                                                   "progress": 8090}
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
                               "limits": {"memory": "512Mi"}}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
     assert {"name": "defaults", "mountPath": "/etc/razor", "readOnly": True} in c["volumeMounts"]
     assert {"name": "defaults", "configMap": {"name": "razor-defaults"}} in pod["volumes"]
-    svc = one(objs, "Service")
+    svc = one(objs, "Service", "razor-operator-metrics")
     assert svc["spec"]["selector"] == spec["selector"]["matchLabels"]
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
                                      "protocol": "TCP"}]
+    # The pods' progress reports reach the operator through its Service (--progress-url).
+    svc = one(objs, "Service", "razor-operator")
+    assert svc["spec"]["selector"] == spec["selector"]["matchLabels"] and svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "progress", "port": 8090, "targetPort": "progress",
+                                     "protocol": "TCP"}]
     # Cluster-wide: one ClusterRole with everything, bound to the ServiceAccount.
-    assert triples(one(objs, "ClusterRole", "razor-operator")) == JOB_RULES | CRD_RULES
+    assert triples(one(objs, "ClusterRole", "razor-operator")) == JOB_RULES | CRD_RULES | TOKEN_RULES
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": "razor-operator"}
@@ -382,12 +399,13 @@ def test_non_default_render(helm: Helm):
         ("RoleBinding", "razor-defaults-reader", SYSTEM_NS),
         ("RoleBinding", "razor-operator", "team-a"),
         ("RoleBinding", "razor-operator", "team-b"),
+        ("Service", "razor-operator", SYSTEM_NS),
         ("ServiceAccount", SA, SYSTEM_NS),
     ]   # no metrics Service
     c = operator_container(objs)
     assert c["image"] == "registry.local/razor-operator:dev" and c["imagePullPolicy"] == "Always"
     assert c["args"] == ["--liveness=http://0.0.0.0:8081/healthz",
-                         "--namespace=team-a", "--namespace=team-b",
+                         *PROGRESS_ARGS, "--namespace=team-a", "--namespace=team-b",
                          "--standalone", "--workers=32", "--host-port-range=29500-32767",
                          "--defaults=/etc/razor/defaults.yaml", "--verbose"]
     assert yaml.safe_load(one(objs, "ConfigMap")["data"]["defaults.yaml"]) == {
@@ -398,18 +416,27 @@ def test_non_default_render(helm: Helm):
     annotation = "razor.dev/defaults-checksum"
     checksum = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
     assert checksum != one(helm.template(), "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
-    assert [p["name"] for p in c["ports"]] == ["health"] and c["ports"][0]["containerPort"] == 8081
+    assert [p["name"] for p in c["ports"]] == ["health", "progress"] and c["ports"][0]["containerPort"] == 8081
     assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "system"}
     # Namespaced: the job rules in a Role per watched namespace, bound there to the
     # ServiceAccount; cluster-wide only what kopf observes.
-    assert triples(one(objs, "ClusterRole", "razor-operator")) == CRD_RULES | NAMESPACE_RULES
+    assert triples(one(objs, "ClusterRole", "razor-operator")) == CRD_RULES | NAMESPACE_RULES | TOKEN_RULES
     for ns in ("team-a", "team-b"):
         role = [o for o in objs if o["kind"] == "Role" and o["metadata"]["namespace"] == ns][0]
         assert triples(role) == JOB_RULES
         rb = [o for o in objs if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == ns][0]
         assert rb["roleRef"]["kind"] == "Role" and rb["roleRef"]["name"] == role["metadata"]["name"]
         assert rb["subjects"] == [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}]
+
+
+def test_without_progress_reports_no_service_no_rule_no_url(helm: Helm):
+    objs = helm.template(values=["progress.enabled=false"])
+    assert ("Service", "razor-operator", SYSTEM_NS) not in kinds(objs)
+    assert triples(one(objs, "ClusterRole", "razor-operator")) == JOB_RULES | CRD_RULES
+    c = operator_container(objs)
+    assert not [a for a in c["args"] if a.startswith("--progress")]
+    assert [p["name"] for p in c["ports"]] == ["health", "metrics"]
 
 
 def test_an_existing_service_account(helm: Helm):
@@ -577,6 +604,7 @@ def test_install_brings_the_crd_and_the_operator(installed, helm: Helm, cluster:
     assert crd["spec"]["names"]["shortNames"] == ["rj"]
     for kind, name, ns in [("deployment", "razor-operator", SYSTEM_NS), ("serviceaccount", SA, SYSTEM_NS),
                            ("service", "razor-operator-metrics", SYSTEM_NS),
+                           ("service", "razor-operator", SYSTEM_NS),
                            ("configmap", "razor-defaults", SYSTEM_NS),
                            ("clusterrole", "razor-operator", None),
                            ("clusterrolebinding", "razor-operator", None)]:
@@ -621,6 +649,7 @@ def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
         ("create", "events", ns),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("create", "tokenreviews.authentication.k8s.io", None),            # the pods' progress reports
     ]
     denied = [
         ("*", "*", None), ("*", "*", ns),                                   # not cluster-admin
@@ -634,6 +663,7 @@ def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
         ("update", "pods", ns, "status"),
         ("delete", "services", ns), ("update", "services", ns), ("list", "services", None),
         ("get", "configmaps", ns), ("create", "serviceaccounts", ns, "token"),
+        ("create", "subjectaccessreviews.authorization.k8s.io", None),
         ("get", "nodes", None), ("create", "clusterroles.rbac.authorization.k8s.io", None),
         ("bind", "clusterroles.rbac.authorization.k8s.io", None),
         ("escalate", "roles.rbac.authorization.k8s.io", ns), ("impersonate", "users", None),
@@ -709,6 +739,13 @@ def run_a_gang_through_its_life(cluster: ControlPlane, op: OperatorProcess, ns: 
     for p in first:
         kubelet(cluster, ns, p["metadata"]["name"], "Running")
     eventually(lambda: status(cluster, ns, "kd").get("phase") == "Running", 30, "phase Running")
+    if op.progress:  # rank 0 reports, with its pod's token; the operator checks it with the chart's RBAC
+        env = {e["name"]: e["value"] for e in first[0]["spec"]["containers"][0]["env"]}
+        assert env["RAZOR_PROGRESS_URL"] == op.progress_url
+        code, answer = post_progress(op.progress_url, pod_token(cluster, ns, "kd-0"),
+                                     {"progress": {"epoch": 1, "epochs": 4, "percent": 25}})
+        assert code == 200 and answer["status"] == "stored", answer
+        assert status(cluster, ns, "kd")["progress"]["percent"] == 25
     kubelet(cluster, ns, "kd-1", "Failed", 137, "OOMKilled")
     second = eventually(lambda: len(p := pods(cluster, ns, "kd", attempt=2)) == 2 and p, 60,
                         "the gang's attempt 2")
@@ -755,6 +792,7 @@ def test_a_namespaced_install_runs_jobs_only_in_its_namespaces(
             allowed=[("create", "pods", watched), ("list", "razorjobs.razor.dev", watched),
                      ("patch", "razorjobs.razor.dev", watched, "status"),
                      ("create", "events", watched), ("list", "namespaces", None),
+                     ("create", "tokenreviews.authentication.k8s.io", None),
                      ("list", "customresourcedefinitions.apiextensions.k8s.io", None)],
             denied=[("create", "pods", other), ("list", "razorjobs.razor.dev", None),
                     ("list", "razorjobs.razor.dev", other), ("list", "pods", None),
@@ -786,6 +824,7 @@ def test_uninstall(installed, helm: Helm, cluster: ControlPlane):
     assert f'release "{RELEASE}" uninstalled' in out.stdout
     for kind, name, ns in [("deployment", "razor-operator", SYSTEM_NS), ("serviceaccount", SA, SYSTEM_NS),
                            ("service", "razor-operator-metrics", SYSTEM_NS),
+                           ("service", "razor-operator", SYSTEM_NS),
                            ("configmap", "razor-defaults", SYSTEM_NS),
                            ("clusterrole", "razor-operator", None),
                            ("clusterrole", "razor-edit", None), ("clusterrole", "razor-view", None),

@@ -12,7 +12,10 @@ only razorctl (and the operator) can:
   cfg-key-malformed.yaml and scale-lr-both.yaml / scale-lr-zero.yaml (cfgOptions's values and
   autoScaleLR are untyped in a structural schema, and CEL rules cannot see untyped fields),
   port-disagrees.yaml (compares port with a cfgOptions value, untyped too), and
-  resources-not-quantity.yaml (requests/limits are plain strings in the schema).
+  resources-not-quantity.yaml (requests/limits are plain strings in the schema); and the SLURM
+  fields that mean nothing on Kubernetes and that a pattern cannot check: slurm.mem (an
+  int-or-string), slurm.constraint (balanced parentheses), slurm.sbatchArgs (the options razor
+  sets itself). razorctl refuses them before submitting.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ BAD_FOR_THE_API_SERVER = [
 REFUSED_BY_KUBECTL = ["empty.yaml", "invalid-yaml.yaml", "not-a-mapping.yaml", "no-metadata.yaml",
                       "wrong-api-version.yaml", "wrong-kind.yaml"]
 STORED_BY_THE_API_SERVER = ["cfg-key-malformed.yaml", "port-disagrees.yaml", "resources-not-quantity.yaml",
-                            "scale-lr-both.yaml", "scale-lr-zero.yaml", "two-documents.yaml"]
+                            "scale-lr-both.yaml", "scale-lr-zero.yaml", "two-documents.yaml",
+                            "slurm-constraint-unbalanced.yaml", "slurm-mem-not-size.yaml",
+                            "slurm-sbatch-args-reserved.yaml"]
 
 # Where the API server names a field differently from razorctl: what its message says instead.
 APISERVER_NAMES = {
@@ -110,9 +115,11 @@ def test_crd_is_established_and_served(cluster: ControlPlane, namespace: str):
     by_plural = cluster.kubectl("get", "razorjobs", "-n", namespace, "-o", "name").stdout.split()
     by_short = cluster.kubectl("get", "rj", "-n", namespace, "-o", "name").stdout.split()
     assert by_plural == by_short == ["razorjob.razor.dev/digits-kd"]
-    # The printer columns: Nodes and GPUs come from the spec; -o wide adds the attempt and the message.
+    # The printer columns: Nodes and GPUs come from the spec; -o wide adds the attempt and the message;
+    # PROGRESS (status.progress.percent) is empty until rank 0 reports.
     table = cluster.kubectl("get", "rj", "digits-kd", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED",
+                                "AGE"]
     assert table[1].split()[:3] == ["digits-kd", "2", "0"]
     wide = cluster.kubectl("get", "rj", "digits-kd", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-2:] == ["ATTEMPT", "MESSAGE"]

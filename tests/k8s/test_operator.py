@@ -30,8 +30,8 @@ def _free_port() -> int:
 class Operator:
     """razor-operator as a process, the way a Deployment would run it."""
 
-    def __init__(self, cluster, namespace: str, log_path):
-        self.cluster, self.namespace, self.log_path = cluster, namespace, log_path
+    def __init__(self, cluster, namespace: str, log_path, args: tuple[str, ...] = ()):
+        self.cluster, self.namespace, self.log_path, self.args = cluster, namespace, log_path, args
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Operator":
@@ -41,7 +41,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "razor_operator", "--kubeconfig", str(self.cluster.kubeconfig),
              "--namespace", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz",
-             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
+             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *self.args],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -306,7 +306,8 @@ def test_a_big_jobs_status_counts_its_ranks_and_names_a_few(api, cluster, namesp
     assert st["ranksByPhase"] == {"pending": 0, "running": 40, "succeeded": 0, "failed": 0}
     assert [e["rank"] for e in st["ranks"]] == list(range(32))
     table = cluster.kubectl("get", "rj", "wide", "-n", namespace).stdout.splitlines()
-    assert table[0].split()[:7] == ["NAME", "PHASE", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED"]
+    # PROGRESS is empty: no rank reported.
+    assert table[0].split()[:8] == ["NAME", "PHASE", "PROGRESS", "NODES", "GPUS", "RUNNING", "RESTARTS", "COUNTED"]
     assert table[1].split()[:7] == ["wide", "Running", "40", "0", "40", "0", "0"]
     api[0].delete_namespaced_pod("wide-37", namespace, grace_period_seconds=0)
     st = eventually(lambda: (s := get_job(api, namespace, "wide")["status"]).get("attempt") == 2 and s,

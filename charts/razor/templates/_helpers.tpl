@@ -79,7 +79,7 @@ watches (a ClusterRole's rules when it watches all, a Role's in each watched nam
   resources: ["razorjobs/status"]
   verbs: ["patch"]
 # One pod per node: watched (kopf), listed per job, created, deleted for a gang restart or
-# a suspend.
+# a suspend; a pod that reports progress is looked up by name (a list, not a get).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
