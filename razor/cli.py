@@ -2,8 +2,12 @@
 
     razorctl submit job.yaml              create it on Kubernetes (current kubeconfig context)
     razorctl submit --local job.yaml      run it on this machine, one torchrun per node
+    razorctl submit --local --node-rank N --master-addr HOST job.yaml
+                                          run node N of it here (machines without a scheduler)
+    razorctl submit --slurm [--sweep K=V1,V2] job.yaml
+                                          an sbatch job (a job array for a sweep)
     razorctl render [--local] job.yaml    print exactly what submit would create or run
-    razorctl status|logs|cancel|wait NAME a job on Kubernetes (--slurm JOB: on SLURM)
+    razorctl status|logs|cancel|wait NAME a job on Kubernetes (--slurm JOB: on SLURM; --local)
     razorctl list                         the jobs of a namespace (-A: of every namespace)
     razorctl validate job.yaml            check a RazorJob without running anything
 
@@ -125,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_backend(p)
     with_cluster(p)
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    p.add_argument("--node-rank", type=int, metavar="N", help="--local: only node N's plan")
+    p.add_argument("--master-addr", metavar="HOST", help="--local: the master's address (with --node-rank)")
     p.add_argument("--defaults-from", metavar="NAMESPACE/NAME",
                    help="Kubernetes: the ConfigMap with the cluster's RazorJob defaults (default: "
                         "$RAZOR_DEFAULTS, else razor-system/razor-defaults, the chart's)")

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import CONFIGS, job_doc
 from razor import cli
-from razor.backends import BACKENDS, Backend, Unsupported, get
+from razor.backends import BACKENDS, Backend, Refused, get
 
 METHODS = ("render", "submit", "status", "list", "logs", "cancel", "wait")
 
@@ -89,10 +89,10 @@ def test_every_razorctl_command_is_one_method_of_the_backend_it_names(tmp_path: 
     assert capsys.readouterr().out == "rendered\n" * 3
 
 
-def test_the_local_backend_says_which_commands_do_not_apply(tmp_path: Path):
-    backend = get("local", cwd=tmp_path)
-    with pytest.raises(Unsupported, match="razorctl status does not apply to --local"):
-        backend.status("j")
+def test_the_local_backend_says_when_no_such_job_ran_here(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    with pytest.raises(Refused, match="no local job 'j'"):
+        get("local", cwd=tmp_path).status("j")
 
 
 @pytest.mark.parametrize("command", ["render", "submit"])

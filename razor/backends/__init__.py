@@ -32,10 +32,6 @@ class Refused(RuntimeError):
     says why and exits 2, as for a bad spec; nothing was started."""
 
 
-class Unsupported(RuntimeError):
-    """A command that does not apply to this backend."""
-
-
 class Backend(ABC):
     """Where a RazorJob runs. ``ref`` names a job that was submitted: its name, or on SLURM its
     job id or name. What a command prints goes to ``out`` (notes and warnings to ``err``); each
