@@ -21,15 +21,30 @@ which requeues the job as its next attempt (``SLURM_RESTART_COUNT`` + 1, ``RAZOR
 counted or not, after the backoff and without the node of a counted failure, or lets it fail.
 srun's own stderr (its report of the tasks that failed, in order) is kept for it in a temporary
 file on the batch host, then copied to the job's .err log.
+
+``slurm.setup`` is the user's own shell (``module load``, ``source .../activate``), run as
+written before srun, so that the nodes inherit the environment it makes; ``slurm.python`` is the
+interpreter the nodes run (razorctl's own by default). A sweep (``slurm.sweep``, or
+``razorctl submit --slurm --sweep``) is one job array: element ``i`` (``$SLURM_ARRAY_TASK_ID``)
+runs with its own cfgOptions and its own work dir (:func:`sweep_elements`), and, being a job of
+its own with its own ``SLURM_JOB_ID``, derives its own port.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
 import shlex
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
+import yaml
+
+from .config import format_value, parse_value
 from .launcher import Network, RunFacts, job_port, node_argv, node_env, run_vars
-from .spec import FieldError, RazorJob, SpecError
+from .spec import FieldError, RazorJob, SpecError, parse_job
 
 #: Derived ports: 20000 + job id modulo this span (distinct for jobs submitted near each other).
 PORT_BASE, PORT_SPAN = 20000, 20000
@@ -106,6 +121,136 @@ def log_dir(job: RazorJob) -> str:
     return str(PurePosixPath(str(job.spec.work_dir)) / "logs")
 
 
+#: What an ``#SBATCH`` value may hold unquoted: sbatch reads these lines itself (no shell), where
+#: whitespace ends a value, quotes group, a backslash escapes and an unquoted ``#`` starts a comment.
+_SBATCH_PLAIN = re.compile(r"^[^\s\"'\\#]*$")
+
+
+def sbatch_word(arg: str) -> str:
+    """``--name=value`` as an ``#SBATCH`` word: the value in double quotes (``"`` and ``\\``
+    escaped with a backslash, as sbatch's own parser reads them) unless it is a plain word. sbatch
+    expands nothing there (no ``$``, no backquote), so the value arrives as written."""
+    name, eq, value = arg.partition("=")
+    if not eq or _SBATCH_PLAIN.match(value):
+        return arg
+    return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def log_names(job: RazorJob, array: bool) -> tuple[str, str]:
+    """The batch log and each node's log, as sbatch and srun patterns (``%x`` the job name, ``%j``
+    the job id; in an array ``%A_%a``, the array's id and the element's index)."""
+    jid = "%A_%a" if array else "%j"
+    return f"%x-{jid}", f"%x-{jid}-node%n"
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@dataclass(frozen=True)
+class Element:
+    """One element of a sweep: its index (``$SLURM_ARRAY_TASK_ID``), its cfgOptions values and
+    its own work dir."""
+
+    index: int
+    options: dict[str, Any]
+    work_dir: str
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={format_value(v)}" for k, v in self.options.items())
+
+
+#: How long the descriptive part of an element's work dir may get (the index keeps it unique).
+_DIR_TEXT_MAX = 80
+
+
+def element_dir_name(index: int, options: dict[str, Any]) -> str:
+    """``<index>-<key>=<value>[,<key>=<value>...]``: the index first, so the names are unique and
+    sort as the elements do; what is not a letter, digit or one of ``. _ + - = ,`` becomes ``_``
+    (a value with a slash must not make a subfolder)."""
+    text = ",".join(f"{k}={format_value(v)}" for k, v in options.items())
+    text = re.sub(r"[^A-Za-z0-9._+=,-]", "_", text)[:_DIR_TEXT_MAX]
+    return f"{index}-{text}"
+
+
+def sweep_elements(job: RazorJob) -> list[Element]:
+    """The elements of the job's ``slurm.sweep``, in order: the grid of its keys (the last key
+    varies fastest); [] for a job without a sweep."""
+    sweep = job.spec.slurm.sweep
+    if not sweep:
+        return []
+    base = PurePosixPath(str(job.spec.work_dir))
+    out = []
+    for i, values in enumerate(itertools.product(*sweep.values())):
+        options = dict(zip(sweep, values))
+        out.append(Element(i, options, str(base / element_dir_name(i, options))))
+    return out
+
+
+def element_job(job: RazorJob, element: Element) -> RazorJob:
+    """The job as element ``element`` runs it: its cfgOptions values over the job's, its work dir."""
+    spec = job.spec.model_copy(update={"work_dir": element.work_dir,
+                                       "cfg_options": {**job.spec.cfg_options, **element.options}})
+    return job.model_copy(update={"spec": spec})
+
+
+def parse_sweep_args(items: list[str]) -> dict[str, list[Any]]:
+    """``razorctl submit --slurm --sweep KEY=V1,V2``: ``{KEY: [V1, V2]}``, each value a scalar read
+    as the seed's ``--cfg-options`` values are (razor.config.parse_value: ``0.1`` and ``1e-3``
+    numbers, ``true`` a boolean, ``abc`` a string). A malformed item is a SpecError naming
+    ``--sweep``."""
+    out: dict[str, list[Any]] = {}
+    errors = []
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not text.strip():
+            errors.append(FieldError("--sweep", f"{item!r} is not KEY=V1,V2,... (e.g. optimizer.lr=0.01,0.1)"))
+            continue
+        values = []
+        for word in text.split(","):
+            try:
+                value = parse_value(word) if word.strip() else None
+            except (ValueError, yaml.YAMLError):
+                value = None
+            if value is None or isinstance(value, (dict, list)):
+                errors.append(FieldError("--sweep", f"{item!r}: {word!r} is not a value (an empty value, "
+                                                    "a list or a mapping: give those in slurm.sweep)"))
+                break
+            values.append(value)
+        else:
+            if key in out:
+                errors.append(FieldError("--sweep", f"{key} is given twice"))
+            out[key] = values
+    if errors:
+        raise SpecError("razorctl submit --slurm --sweep", errors, "a sweep")
+    return out
+
+
+def with_sweep(job: RazorJob, items: list[str], source: str = "RazorJob") -> RazorJob:
+    """The job with ``--sweep`` items merged into its ``slurm.sweep`` (a key given on the command
+    line replaces the spec's values of that key), checked as the spec is."""
+    if not items:
+        return job
+    # Only what the job sets: a default filled in (the port, say) must stay a default.
+    doc = job.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    slurm = doc["spec"].setdefault("slurm", {})
+    slurm["sweep"] = {**slurm.get("sweep", {}), **parse_sweep_args(items)}
+    return parse_job(doc, source)
+
+
+def _check_sweep(job: RazorJob, config: dict | None) -> None:
+    """What a sweep needs of the rest of the job: no port shared by its elements (two of them on
+    one node would collide), and a trainer or script that gets the values."""
+    if not job.spec.slurm.sweep:
+        return
+    port = job_port(job, config, Network.DERIVED)
+    if port.fixed:
+        raise SpecError(f"RazorJob {job.name}", [FieldError(
+            port.field, f"fixes port {port.port}, but a sweep's elements may share a node: each derives its "
+                        "own port from its job id; leave the port out (or set port: auto, which also wins "
+                        "over the config's)")], WHAT)
+
+
 def script_name(job: RazorJob) -> str:
     return f"razor-{job.name}.sbatch"
 
@@ -121,16 +266,26 @@ def directives(job: RazorJob, cwd: str) -> list[str]:
         lines.append(f"--gres=gpu:{spec.gpus_per_node}" if sl.gres else f"--gpus-per-node={spec.gpus_per_node}")
     if sl.cpus_per_task:
         lines.append(f"--cpus-per-task={sl.cpus_per_task}")
-    for flag, value in (("partition", sl.partition), ("time", sl.time), ("account", sl.account), ("qos", sl.qos)):
+    for flag, value in (("partition", sl.partition), ("time", sl.time), ("account", sl.account), ("qos", sl.qos),
+                        ("mem", sl.mem), ("mem-per-gpu", sl.mem_per_gpu)):
         if value:
             lines.append(f"--{flag}={value}")
+    if sl.constraint:
+        lines.append(sbatch_word(f"--constraint={sl.constraint}"))
+    if sl.exclusive:
+        lines.append("--exclusive")
+    elements = sweep_elements(job)
+    if elements:
+        lines.append(f"--array=0-{len(elements) - 1}")
+    lines += [sbatch_word(arg) for arg in sl.sbatch_args]
     unsafe = [e for e in (_unsafe("--chdir (the directory razorctl runs in)", cwd), _unsafe("spec.workDir", logs))
               if e]
     if unsafe:
         raise UnsafeValue(job, unsafe)
+    batch_log, _ = log_names(job, bool(elements))
     lines += [f"--chdir={cwd}",
-              f"--output={logs}/%x-%j.out",
-              f"--error={logs}/%x-%j.err",
+              f"--output={logs}/{batch_log}.out",
+              f"--error={logs}/{batch_log}.err",
               "--open-mode=append",  # a requeued job adds to its logs instead of erasing them
               "--requeue", f"--signal=USR2@{signal_lead(job)}"]
     return [f"#SBATCH {line}" for line in lines]
@@ -148,15 +303,66 @@ def policy_argv(job: RazorJob, python: str = "python") -> list[str]:
             f"--restart-backoff-max-seconds={spec.restart_backoff_max_seconds}"]
 
 
+def setup_lines(job: RazorJob) -> list[str]:
+    """``slurm.setup`` in the script: each item run as written, in the script's own shell (so a
+    ``module load`` or an ``activate`` changes the environment srun passes to the nodes); the
+    first that fails (an item's status is its last command's, as in any shell) ends the job, with
+    the item named, before anything starts."""
+    items = job.spec.slurm.setup
+    if not items:
+        return []
+    out = ["# slurm.setup: the job's own shell lines, run as written, before srun (the nodes inherit the",
+           "# environment they make). The first one that fails ends the job.",
+           'razor_setup_failed() { echo "razor: slurm.setup item $1 failed with exit code $2; the job does '
+           'not start" >&2; exit "$2"; }',
+           "set +u  # activate scripts and module files may read unset variables"]
+    for i, item in enumerate(items):
+        # ":" first: an item of comments only is still a group bash accepts.
+        out += ["{ :", item.rstrip("\n"), f"}} || razor_setup_failed {i} $?"]
+    out += ["set -u", ""]
+    return out
+
+
+def _sweep_case(job: RazorJob, elements: list[Element], python: str, shared: dict[str, str]) -> list[str]:
+    """The script's choice of element ``$SLURM_ARRAY_TASK_ID``: the contract's variables that
+    differ between elements (its work dir), RAZOR_SWEEP_INDEX and RAZOR_SWEEP (its values, JSON, for
+    a script of the user's own), and ``node``, the command its nodes run."""
+    out = ["# The sweep (slurm.sweep): element $SLURM_ARRAY_TASK_ID's cfgOptions and work dir.",
+           'case "${SLURM_ARRAY_TASK_ID:-}" in']
+    for e in elements:
+        ej = element_job(job, e)
+        env = node_env(ej, RUN.node_rank, RUN.master_addr, RUN.master_port, RUN.attempt)
+        own = {k: v for k, v in env.items() if k in shared and shared[k] != v}
+        own["RAZOR_SWEEP_INDEX"] = str(e.index)
+        own["RAZOR_SWEEP"] = json.dumps(e.options, separators=(",", ":"))
+        out += [f"  {e.index})",
+                "    export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in own.items()),
+                "    node=(" + " ".join(shlex.quote(w) for w in node_argv(ej, python)) + ")",
+                f"    echo {shlex.quote(f'razor: sweep element {e.index} of {len(elements)}: {e.describe()}; work dir {e.work_dir}')}",
+                "    ;;"]
+    out += ['  *) echo "razor: $SLURM_ARRAY_TASK_ID is not an element of this sweep (0-'
+            f'{len(elements) - 1})" >&2; exit 2 ;;',
+            "esac",
+            ""]
+    return out
+
+
 def render(job: RazorJob, cwd: str, python: str = "python", config: dict | None = None) -> str:
-    """The sbatch script for ``job``, run from ``cwd`` (``config``: the job's config, loaded)."""
+    """The sbatch script for ``job``, run from ``cwd`` (``config``: the job's config, loaded);
+    the nodes run ``slurm.python`` when the job names one, else ``python``."""
     spec = job.spec
+    python = spec.slurm.python or python
+    _check_sweep(job, config)
+    elements = sweep_elements(job)
     port = job_port(job, config, Network.DERIVED)
     env = node_env(job, RUN.node_rank, RUN.master_addr, RUN.master_port, RUN.attempt)
     computed = {name for fact in (*JOB_FACTS, "node_rank") for name in run_vars(fact)}
     logs = log_dir(job)
-    out = ["#!/bin/bash", f"# razorctl submit --slurm: RazorJob {job.name}, {spec.nnodes} node(s) x "
-           f"{spec.nproc_per_node} process(es)", *directives(job, cwd), "set -uo pipefail", ""]
+    what = f"{spec.nnodes} node(s) x {spec.nproc_per_node} process(es)"
+    if elements:
+        what += f", a sweep of {len(elements)} element(s)"
+    out = ["#!/bin/bash", f"# razorctl submit --slurm: RazorJob {job.name}, {what}",
+           *directives(job, cwd), "set -uo pipefail", "", *setup_lines(job)]
     out.append("# The launcher contract (docs/launcher-contract.md).")
     for key, value in env.items():
         if key not in computed:
@@ -165,7 +371,8 @@ def render(job: RazorJob, cwd: str, python: str = "python", config: dict | None 
     out += [
         f'{first["master_addr"]}=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f'{first["master_port"]}={port.port}' if port.port is not None
-        else f'{first["master_port"]}=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))  # distinct per job',
+        else f'{first["master_port"]}=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))  # distinct per job'
+             + (" (each element is a job of its own)" if elements else ""),
         f'{first["attempt"]}=$(( ${{SLURM_RESTART_COUNT:-0}} + 1 ))',
         "export " + " ".join(name if name == first[fact] else f"{name}=${first[fact]}"
                              for fact in JOB_FACTS for name in run_vars(fact)),
@@ -173,14 +380,18 @@ def render(job: RazorJob, cwd: str, python: str = "python", config: dict | None 
         'echo "razor: job $SLURM_JOB_ID attempt $RAZOR_ATTEMPT on $SLURM_JOB_NODELIST, '
         'rendezvous $MASTER_ADDR:$MASTER_PORT"',
         "",
-        "# One task per node; each node's rank is its SLURM_NODEID. razor.node runs torchrun once.",
     ]
+    if elements:
+        out += _sweep_case(job, elements, python, env)
+    out.append("# One task per node; each node's rank is its SLURM_NODEID. razor.node runs torchrun once.")
+    _, node_log = log_names(job, bool(elements))
     srun = ["srun", "--kill-on-bad-exit=1", "--open-mode=append", *spec.slurm.srun_args,
-            f"--output={logs}/%x-%j-node%n.out", f"--error={logs}/%x-%j-node%n.out"]
+            f"--output={logs}/{node_log}.out", f"--error={logs}/{node_log}.out"]
     rank = "export " + " ".join(f"{name}={RUN.node_rank}" for name in run_vars("node_rank")) + '; exec "$@"'
-    cmd = [*srun, "bash", "-c", rank, "razor-node", *node_argv(job, python)]
+    words = " ".join(shlex.quote(w) for w in [*srun, "bash", "-c", rank, "razor-node"])
+    words += ' "${node[@]}"' if elements else " " + " ".join(shlex.quote(w) for w in node_argv(job, python))
     out += ['srun_log=$(mktemp "${TMPDIR:-/tmp}/razor-srun-$SLURM_JOB_ID.XXXXXX")',
-            " ".join(shlex.quote(w) for w in cmd) + ' 2>"$srun_log"', "code=$?",
+            words + ' 2>"$srun_log"', "code=$?",
             'cat "$srun_log" >&2  # srun\'s own report of its tasks, in this job\'s .err log',
             "",
             "# A failure: the job's policy (razor.policy, the same on every backend) requeues the job as",

@@ -136,6 +136,95 @@ class Resources(_Model):
         return v
 
 
+#: ``--mem``/``--mem-per-gpu`` values: a whole number of megabytes, or with the unit K, M, G or T
+#: (``64G``, ``500M``); ``0`` asks for all of a node's memory (``--mem``).
+SLURM_SIZE_RE = re.compile(r"^[0-9]+[KMGTkmgt]?$")
+#: A node feature in a ``--constraint`` expression (as slurm.conf's ``Features`` names them).
+SLURM_FEATURE_RE = re.compile(r"[A-Za-z0-9_.:+-]+")
+#: One ``slurm.sbatchArgs`` item: a long option, alone or with ``=value``.
+SBATCH_ARG_RE = re.compile(r"^--([a-z][a-z0-9-]*)(=.*)?$", re.DOTALL)
+#: Array elements at most in a ``slurm.sweep`` (SLURM's default MaxArraySize is 1001: indexes 0-1000).
+SWEEP_MAX = 1000
+#: sbatch options razor sets itself, with what sets them instead: a ``slurm.sbatchArgs`` item
+#: cannot give them (a second value would silently win over razor's, or break what relies on it).
+SBATCH_RAZOR_SETS = {
+    "job-name": "razor sets it from slurm.jobName (default metadata.name)",
+    "nodes": "razor sets it from spec.nnodes",
+    "ntasks": "razor runs one task per node (--ntasks-per-node=1), each running torchrun once",
+    "ntasks-per-node": "razor runs one task per node, each running torchrun once",
+    "gpus-per-node": "razor sets it from spec.gpusPerNode (slurm.gres: true for --gres=gpu:N)",
+    "gpus": "razor asks for GPUs per node from spec.gpusPerNode",
+    "gpus-per-task": "razor asks for GPUs per node from spec.gpusPerNode",
+    "cpus-per-task": "use slurm.cpusPerTask",
+    "partition": "use slurm.partition", "time": "use slurm.time", "account": "use slurm.account",
+    "qos": "use slurm.qos", "mem": "use slurm.mem", "mem-per-gpu": "use slurm.memPerGpu",
+    "constraint": "use slurm.constraint", "exclusive": "use slurm.exclusive: true",
+    "output": "razor writes the logs to <workDir>/logs/ (spec.workDir), made before submission",
+    "error": "razor writes the logs to <workDir>/logs/ (spec.workDir), made before submission",
+    "open-mode": "razor appends (a requeued attempt adds to its logs)",
+    "chdir": "razor runs the job in the directory razorctl runs in",
+    "signal": "razor sets it from spec.terminationGracePeriodSeconds",
+    "requeue": "razor's failure policy requeues the job itself",
+    "no-requeue": "razor's failure policy requeues the job itself",
+    "array": "use slurm.sweep (or razorctl submit --slurm --sweep)",
+    "comment": "razor keeps the job's restart counters in its Comment",
+    "export": "the nodes need the environment the script exports (the launcher contract)",
+    "export-file": "the nodes need the environment the script exports (the launcher contract)",
+    "wrap": "razor writes the batch script",
+    "wait": "sbatch would not return until the job ends: use razorctl wait --slurm",
+    "test-only": "nothing would be submitted: use razorctl render --slurm",
+    "parsable": "razorctl reads sbatch's answer itself",
+}
+
+
+def check_constraint(expr: str) -> str | None:
+    """Why ``expr`` is not a SLURM feature expression (``--constraint``), or None when it is.
+    Features joined by ``&`` (and) and ``|`` (or), grouped in ``( )``, a matching or in ``[ ]``
+    (not nested), a feature or a group followed by ``*N`` (a node count)."""
+    tokens = re.findall(r"[A-Za-z0-9_.:+-]+|\*[0-9]+|[&|()\[\]]|.", expr)
+    pos, brackets = 0, 0
+
+    def peek() -> str:
+        return tokens[pos] if pos < len(tokens) else ""
+
+    def item() -> str | None:
+        nonlocal pos, brackets
+        tok = peek()
+        if tok in ("(", "["):
+            if tok == "[" and brackets:
+                return "[ ] cannot be nested"
+            pos += 1
+            brackets += tok == "["
+            why = expression()
+            close = ")" if tok == "(" else "]"
+            if why:
+                return why
+            if peek() != close:
+                return f"{tok!r} is not closed"
+            pos += 1
+            brackets -= tok == "["
+        elif SLURM_FEATURE_RE.fullmatch(tok or "-!"):
+            pos += 1
+        else:
+            return f"expected a feature name at {tok!r}" if tok else "expected a feature name at the end"
+        if peek().startswith("*") and len(peek()) > 1:
+            pos += 1
+        return None
+
+    def expression() -> str | None:
+        nonlocal pos
+        why = item()
+        while not why and peek() in ("&", "|"):
+            pos += 1
+            why = item()
+        return why
+
+    if not expr:
+        return "must not be empty"
+    why = expression() or (f"unexpected {peek()!r}" if pos < len(tokens) else None)
+    return why and f"{expr!r} is not a SLURM feature expression such as 'a100&ib' or '[rack1|rack2]': {why}"
+
+
 class Slurm(_Model):
     partition: str | None = None
     job_name: str | None = Field(None, description="Defaults to metadata.name.")
@@ -145,6 +234,28 @@ class Slurm(_Model):
     qos: str | None = None
     srun_args: list[str] = Field(default_factory=list)
     gres: bool = Field(False, description="Request GPUs with --gres=gpu:N instead of --gpus-per-node.")
+    setup: list[str] = Field(
+        default_factory=list,
+        description="Shell lines the batch script runs before srun, as written (e.g. module load cuda/12, "
+                    "source /shared/venv/bin/activate); the nodes inherit the environment they make.",
+    )
+    python: str | None = Field(
+        None, description="The Python the nodes run razor.node with (a path, or a name found on the PATH "
+                          "after setup); default: razorctl's own, which must exist at the same path on every node.",
+    )
+    mem: Union[int, str, None] = Field(None, description="--mem: memory per node, e.g. 64G, 500M; 0: all of it.")
+    mem_per_gpu: Union[int, str, None] = Field(None, description="--mem-per-gpu, e.g. 16G.")
+    constraint: str | None = Field(None, description="--constraint: node features, e.g. a100&ib or [rack1|rack2].")
+    exclusive: bool = Field(False, description="--exclusive: no other job shares the nodes.")
+    sbatch_args: list[str] = Field(
+        default_factory=list,
+        description="Other sbatch options, each --name or --name=value (not those razor sets itself).",
+    )
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="A job array: cfgOptions key -> the values to try; several keys make a grid, each "
+                    "element with its own work dir (<workDir>/<index>-<key>=<value>,...).",
+    )
 
     @field_validator("partition", "account", "qos", "job_name")
     @classmethod
@@ -166,6 +277,92 @@ class Slurm(_Model):
         for arg in v:
             _no_control_chars(arg)
         return v
+
+    @field_validator("setup")
+    @classmethod
+    def _setup(cls, v: list[str]) -> list[str]:
+        # The user's own shell, run as written: several lines in one item are fine (an if block);
+        # only what no shell script can hold is refused.
+        for i, line in enumerate(v):
+            if "\x00" in line:
+                raise ValueError(f"item {i}: must not contain NUL")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path or a command name such as python3")
+        return v if v is None else _no_control_chars(v)
+
+    @field_validator("mem", "mem_per_gpu", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if v is not None and (not isinstance(v, str) or not SLURM_SIZE_RE.match(v)):
+            raise ValueError(f"{v!r} is not a SLURM memory size such as 64G, 500M or 0 (megabytes without a unit)")
+        return v
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, v: str | None) -> str | None:
+        why = None if v is None else check_constraint(v)
+        if why:
+            raise ValueError(why)
+        return v
+
+    @field_validator("sbatch_args")
+    @classmethod
+    def _sbatch_args(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            m = SBATCH_ARG_RE.match(arg)
+            if not m:
+                raise ValueError(f"{arg!r} is not one long option such as --mail-type=END or --hold "
+                                 "(no short options, one option per item)")
+            _no_control_chars(arg)
+            name, value = m.group(1), (m.group(2) or "")[1:]
+            if name == "gres" and not any(item.strip().startswith("gpu") for item in value.split(",")):
+                continue  # other generic resources are the user's; the GPUs are razor's
+            if name in SBATCH_RAZOR_SETS:
+                raise ValueError(f"{arg!r} is refused: {SBATCH_RAZOR_SETS[name]}")
+            # sbatch (getopt_long) takes any unambiguous abbreviation: --node=4 is --nodes=4.
+            whole = sorted(r for r in SBATCH_RAZOR_SETS if r.startswith(name))
+            if whole:
+                raise ValueError(f"{arg!r} is refused: sbatch may read it as --{whole[0]} (an abbreviation), "
+                                 f"and {SBATCH_RAZOR_SETS[whole[0]]}")
+            if name == "gres":
+                raise ValueError(f"{arg!r} is refused: razor asks for the GPUs itself (spec.gpusPerNode, slurm.gres)")
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        size = 1
+        for key, values in v.items():
+            if not CFG_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a config key such as optimizer.lr")
+            if key == "dist_params.port":
+                raise ValueError("dist_params.port cannot be swept: each element derives its own port")
+            if not values:
+                raise ValueError(f"{key}: give at least one value")
+            for value in values:
+                _check_cfg_value(key, value)
+            if len({repr(x) for x in values}) != len(values):
+                raise ValueError(f"{key}: a value is given twice (two elements would be the same run)")
+            size *= len(values)
+        if size > SWEEP_MAX:
+            raise ValueError(f"{size} elements; a job array has at most {SWEEP_MAX} (SLURM's MaxArraySize)")
+        return v
+
+    @model_validator(mode="after")
+    def _memory(self) -> "Slurm":
+        given = [f for f, v in (("mem", self.mem), ("memPerGpu", self.mem_per_gpu)) if v is not None]
+        given += [f"sbatchArgs {a.split('=')[0]}" for a in self.sbatch_args if a.split("=")[0] == "--mem-per-cpu"]
+        if len(given) > 1:
+            raise ValueError(f"give one of slurm.mem, slurm.memPerGpu or --mem-per-cpu: sbatch takes one "
+                             f"(got {', '.join(given)})")
+        return self
 
 
 class RazorJobSpec(_Model):

@@ -27,7 +27,9 @@
 # The cluster: ClusterName=razor; one node, this host (`hostname -s`, NodeAddr 127.0.0.1) with
 # CPUs=$(nproc) and a RealMemory a bit below the machine's; partition `debug` (the default).
 # No cgroups (proctrack/linuxproc, task/none), no accounting (sacct does not work: use
-# `scontrol show job`). CPUs are the consumable resource (CR_CPU) and memory is not, so two 1-CPU
+# `scontrol show job`, which forgets a job MinJobAge after it ended: RAZOR_SLURM_MIN_JOB_AGE,
+# 30 s by default, so that the tests see razorctl answer for jobs slurmctld no longer knows; the
+# purge itself runs once a minute, so a job is gone 30 to 90 s after it ended). CPUs are the consumable resource (CR_CPU) and memory is not, so two 1-CPU
 # jobs run side by side. A requeued job may start again after AuthInfo's cred_expire (SLURM's
 # default is 120 s, here RAZOR_SLURM_CRED_EXPIRE, 10 s by default).
 #
@@ -53,6 +55,7 @@
 #                            removes it, and stops the cluster when no other live user is left
 #   RAZOR_SLURM_WAIT         seconds to wait for each daemon and for the nodes (default 60)
 #   RAZOR_SLURM_CRED_EXPIRE  AuthInfo cred_expire in seconds (default 10)
+#   RAZOR_SLURM_MIN_JOB_AGE  MinJobAge in seconds (default 30; SLURM's own default is 300)
 set -euo pipefail
 
 NODES="${RAZOR_SLURM_NODES:-1}"
@@ -67,6 +70,11 @@ else
 fi
 WAIT="${RAZOR_SLURM_WAIT:-60}"
 CRED_EXPIRE="${RAZOR_SLURM_CRED_EXPIRE:-10}"
+MIN_JOB_AGE="${RAZOR_SLURM_MIN_JOB_AGE:-30}"
+if [[ ! "$MIN_JOB_AGE" =~ ^[0-9]+$ ]]; then
+  echo "slurm-setup: error: RAZOR_SLURM_MIN_JOB_AGE must be a number of seconds (got '$MIN_JOB_AGE')" >&2
+  exit 2
+fi
 HOLDER="${RAZOR_SLURM_HOLDER:-}"
 
 CONF="$DIR/etc/slurm.conf"
@@ -281,7 +289,7 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 # Accounting off: sacct does not work here, scontrol show job does (MinJobAge keeps finished
-# jobs for 5 minutes).
+# jobs for a while: razorctl then reads the record its submit wrote).
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -298,7 +306,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-MinJobAge=300
+MinJobAge=$MIN_JOB_AGE
 JobRequeue=1
 MailProg=/bin/true
 EOF

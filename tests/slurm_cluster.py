@@ -9,8 +9,9 @@
 are missing, writes the configuration under ``$RAZOR_SLURM_DIR``, by default /tmp/razor-slurm, and
 starts the daemons, or finds them running) and reads ``SLURM_CONF`` from its last line of stdout.
 The cluster has one node, this host, with ``nproc`` CPUs in the default partition ``debug``;
-accounting is off, so job states come from ``scontrol show job`` (finished jobs stay listed for
-MinJobAge, 300 s).
+accounting is off, so job states come from ``scontrol show job``, which forgets a finished job
+MinJobAge (30 s here, ``RAZOR_SLURM_MIN_JOB_AGE``) after it ended, at its next purge (once a
+minute): :meth:`wait_forgotten` waits for that.
 
 The cluster is left running when the tests end: a second test session (in another checkout too)
 may be using it, and the next start finds it in a fraction of a second. ``stop()`` or
@@ -226,6 +227,19 @@ class SlurmCluster:
             time.sleep(0.2)
         raise SlurmError(f"job {job_id}: no {what} after {timeout:.0f}s; its record: {rec}\n"
                          f"{self.log_tail()}")
+
+    def wait_forgotten(self, job_id: str | int, timeout: float = 150) -> None:
+        """Wait until slurmctld no longer knows the (finished) job: MinJobAge after it ended, at
+        slurmctld's next purge of old jobs (once a minute)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            # Not job(): an array's id also lists its elements, each a job of its own id.
+            proc = self.run("scontrol", "show", "job", "-o", str(job_id), check=False)
+            if proc.returncode != 0 or not proc.stdout.strip():
+                return
+            if time.monotonic() >= deadline:
+                raise SlurmError(f"slurmctld still knows job {job_id} after {timeout:.0f}s: {proc.stdout}")
+            time.sleep(1)
 
     def node_states(self) -> dict[str, str]:
         """``{node: state}`` from ``sinfo -N`` ("idle", "mixed", "allocated", "down*" ...)."""

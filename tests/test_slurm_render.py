@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import job_doc
+from conftest import ROOT, job_doc
 from razor import slurm
 from razor.backends.slurm import (CommentState, TaskEnd, counters, failed_ranks, parse_comment, phase_of,
                                   record_fields, srun_report)
@@ -265,3 +269,231 @@ def test_time_limits_in_seconds(limit: str, seconds: int | None):
     if seconds and seconds > 120:
         job = parse_job(job_doc("t", config="c.yaml", slurm={"time": limit}))
         assert "#SBATCH --signal=USR2@120" in slurm.render(job, "/x").splitlines()
+
+
+# ---- slurm.setup, slurm.python, allocation options, sbatchArgs ---------------------------------------
+
+def stub_bin(tmp_path: Path, srun_body: str = 'env > "$ENV_OUT"; printf "%s\\n" "$@" > "$ARGS_OUT"') -> Path:
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name, body in (("srun", srun_body), ("scontrol", "echo node0")):
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    return stubs
+
+
+def run_script(tmp_path: Path, script: str, **extra: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "node0", "SLURM_JOB_ID": "42",
+           "ENV_OUT": str(tmp_path / "env"), "ARGS_OUT": str(tmp_path / "args"), **extra}
+    return subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_allocation_options_and_sbatch_args_are_sbatch_lines():
+    job = parse_job(job_doc("a", config="c.yaml", gpusPerNode=4, slurm={
+        "mem": "64G", "constraint": "a100&[rack1|rack2]", "exclusive": True,
+        "sbatchArgs": ["--mail-type=END", "--hold", "--mail-user=Ada Lovelace <ada@x.org>", "--gres=nvme:1"]}))
+    lines = [line for line in slurm.render(job, "/x").splitlines() if line.startswith("#SBATCH")]
+    for want in ("#SBATCH --mem=64G", "#SBATCH --constraint=a100&[rack1|rack2]", "#SBATCH --exclusive",
+                 "#SBATCH --mail-type=END", "#SBATCH --hold", '#SBATCH --mail-user="Ada Lovelace <ada@x.org>"',
+                 "#SBATCH --gres=nvme:1", "#SBATCH --gpus-per-node=4"):
+        assert want in lines
+    per_gpu = parse_job(job_doc("a", config="c.yaml", gpusPerNode=2, slurm={"memPerGpu": 16000}))
+    assert "#SBATCH --mem-per-gpu=16000" in slurm.render(per_gpu, "/x").splitlines()
+
+
+@pytest.mark.parametrize("value, word", [
+    ("--hold", "--hold"), ("--x=plain", "--x=plain"), ("--x=a b", '--x="a b"'), ("--x=#1", '--x="#1"'),
+    ('--x=say "hi"', '--x="say \\"hi\\""'), ("--x=a\\b", '--x="a\\\\b"'), ("--x=$(id)", "--x=$(id)"),
+])
+def test_sbatch_words_are_quoted_as_sbatch_reads_them(value: str, word: str):
+    """sbatch's own parser (no shell): quotes group, a backslash escapes, an unquoted # starts a
+    comment, and $ or backquotes mean nothing (tests/slurm checks a value's round trip)."""
+    assert slurm.sbatch_word(value) == word
+
+
+@pytest.mark.parametrize("slurm_spec, message", [
+    ({"mem": "64 GB"}, "spec.slurm.mem: '64 GB' is not a SLURM memory size such as 64G"),
+    ({"memPerGpu": "-1"}, "spec.slurm.memPerGpu: '-1' is not a SLURM memory size"),
+    ({"mem": "1G", "memPerGpu": "1G"}, "spec.slurm: give one of slurm.mem, slurm.memPerGpu or --mem-per-cpu"),
+    ({"mem": "1G", "sbatchArgs": ["--mem-per-cpu=1G"]}, "give one of slurm.mem, slurm.memPerGpu or --mem-per-cpu"),
+    ({"constraint": "a100&"}, "spec.slurm.constraint: 'a100&' is not a SLURM feature expression"),
+    ({"constraint": "[a|[b]]"}, "[ ] cannot be nested"),
+    ({"constraint": "a b"}, "unexpected ' '"),
+    ({"constraint": "a;id"}, "unexpected ';'"),
+    ({"sbatchArgs": ["-N 2"]}, "spec.slurm.sbatchArgs: '-N 2' is not one long option"),
+    ({"sbatchArgs": ["--hold --nodes=2"]}, "'--hold --nodes=2' is not one long option"),
+    ({"sbatchArgs": ["--nodes=2"]}, "'--nodes=2' is refused: razor sets it from spec.nnodes"),
+    ({"sbatchArgs": ["--ntasks-per-node=8"]}, "razor runs one task per node"),
+    ({"sbatchArgs": ["--output=/tmp/x"]}, "razor writes the logs to <workDir>/logs/"),
+    ({"sbatchArgs": ["--signal=USR1@60"]}, "razor sets it from spec.terminationGracePeriodSeconds"),
+    ({"sbatchArgs": ["--job-name=x"]}, "razor sets it from slurm.jobName"),
+    ({"sbatchArgs": ["--gpus-per-node=2"]}, "razor sets it from spec.gpusPerNode"),
+    ({"sbatchArgs": ["--gres=gpu:a100:2"]}, "razor asks for the GPUs itself"),
+    ({"sbatchArgs": ["--comment=mine"]}, "razor keeps the job's restart counters in its Comment"),
+    ({"sbatchArgs": ["--export=NONE"]}, "the nodes need the environment the script exports"),
+    ({"sbatchArgs": ["--array=0-3"]}, "use slurm.sweep"),
+    ({"sbatchArgs": ["--node=3"]}, "'--node=3' is refused: sbatch may read it as --nodes (an abbreviation)"),
+    ({"sbatchArgs": ["--mail-type=END\nid"]}, "must not contain newlines"),
+    ({"setup": ["module load x\x00"]}, "spec.slurm.setup: item 0: must not contain NUL"),
+    ({"python": " "}, "spec.slurm.python: must be a path or a command name"),
+    ({"sweep": {"optimizer.lr": []}}, "spec.slurm.sweep: optimizer.lr: give at least one value"),
+    ({"sweep": {"optimizer.lr": [0.1, 0.1]}}, "a value is given twice"),
+    ({"sweep": {"a..b": [1]}}, "'a..b' is not a config key"),
+    ({"sweep": {"dist_params.port": [29500, 29501]}}, "each element derives its own port"),
+    ({"sweep": {"a": list(range(40)), "b": list(range(40))}}, "1600 elements; a job array has at most 1000"),
+])
+def test_bad_slurm_values_are_refused_naming_the_field(slurm_spec: dict, message: str):
+    with pytest.raises(SpecError) as err:
+        parse_job(job_doc("x", config="c.yaml", slurm=slurm_spec))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("expr", ["a100", "a100&ib", "a|b", "[rack1|rack2]", "(a|b)&c", "[r1*2&r2*4]", "gpu.v2:x+1"])
+def test_feature_expressions_slurm_takes(expr: str):
+    job = parse_job(job_doc("x", config="c.yaml", slurm={"constraint": expr}))
+    assert f"#SBATCH --constraint={expr}" in slurm.render(job, "/x").splitlines()
+
+
+def test_setup_runs_before_srun_and_the_nodes_inherit_what_it_makes(tmp_path: Path):
+    stub_bin(tmp_path)
+    job = parse_job(job_doc("s", config="c.yaml", workDir=str(tmp_path / "wd"), slurm={
+        "setup": ["export FROM_SETUP=yes  # a comment", "if [ -n \"$NOT_SET_AT_ALL\" ]; then\n  exit 9\nfi",
+                  "# only a comment", "export NNODES=99  # the contract is exported after setup"],
+        "python": "python3"}))
+    res = run_script(tmp_path, slurm.render(job, str(tmp_path), python="/not/used"))
+    assert res.returncode == 0, res.stderr
+    env = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    assert env["FROM_SETUP"] == "yes" and env["NNODES"] == "1"
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[args.index("razor-node") + 1:][:3] == ["python3", "-m", "razor.node"]
+
+
+def test_a_failing_setup_item_ends_the_job_before_srun(tmp_path: Path):
+    stub_bin(tmp_path)
+    job = parse_job(job_doc("s", config="c.yaml", workDir=str(tmp_path / "wd"),
+                            slurm={"setup": ["true", "module load no-such-module"]}))
+    res = run_script(tmp_path, slurm.render(job, str(tmp_path)))
+    assert res.returncode == 127
+    assert "razor: slurm.setup item 1 failed with exit code 127; the job does not start" in res.stderr
+    assert not (tmp_path / "args").exists(), "srun must not run"
+
+
+def test_render_and_submit_refuse_an_unsafe_value_with_exit_2_and_the_field(tmp_path: Path):
+    """As a user sees it: razorctl in a subprocess, a $ in workDir, no traceback, nothing written."""
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(job_doc("j", config=str(ROOT / "trainer/configs/digits_mlp.yaml"),
+                                          workDir="/tmp/$USER/wd")))
+    for command in ("render", "submit"):
+        res = subprocess.run([sys.executable, "-m", "razor.cli", command, "--slurm", str(job)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert "spec.workDir: '/tmp/$USER/wd/logs' cannot be passed to sbatch safely" in res.stderr
+        assert "Traceback" not in res.stderr and res.stdout == ""
+    assert list(tmp_path.iterdir()) == [job]
+
+
+# ---- sweeps --------------------------------------------------------------------------------------
+
+def sweep_job(tmp_path: Path | None = None, **extra):
+    return parse_job(job_doc("kd", config="configs/kd.yaml", workDir="/scratch/kd", cfgOptions={"optimizer.lr": 1},
+                             slurm={"sweep": {"optimizer.lr": [0.01, 0.1], "model.name": ["a/b", "c d"]}}, **extra))
+
+
+def test_sweep_golden():
+    job = parse_job(job_doc("kd", config="configs/kd.yaml", nnodes=2, gpusPerNode=8, workDir="/scratch/kd",
+                            slurm={"partition": "gpu", "sweep": {"optimizer.lr": [0.01, 0.1]},
+                                   "setup": ["module load cuda/12", "source /shared/venv/bin/activate"],
+                                   "python": "python"}))
+    check_golden("slurm-sweep-2x8.sbatch", slurm.render(job, "/home/me/razor", "/opt/venv/bin/python"))
+
+
+def test_sweep_elements_are_the_grid_each_with_its_own_work_dir():
+    elements = slurm.sweep_elements(sweep_job())
+    assert [e.options for e in elements] == [
+        {"optimizer.lr": 0.01, "model.name": "a/b"}, {"optimizer.lr": 0.01, "model.name": "c d"},
+        {"optimizer.lr": 0.1, "model.name": "a/b"}, {"optimizer.lr": 0.1, "model.name": "c d"}]
+    assert [e.work_dir for e in elements] == [
+        "/scratch/kd/0-optimizer.lr=0.01,model.name=a_b", "/scratch/kd/1-optimizer.lr=0.01,model.name=c_d",
+        "/scratch/kd/2-optimizer.lr=0.1,model.name=a_b", "/scratch/kd/3-optimizer.lr=0.1,model.name=c_d"]
+    assert slurm.sweep_elements(parse_job(job_doc("x", config="c.yaml"))) == []
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_an_element_runs_its_own_values_and_work_dir(tmp_path: Path, index: int):
+    stub_bin(tmp_path)
+    job = sweep_job()
+    text = slurm.render(job, str(tmp_path))
+    assert "#SBATCH --array=0-3" in text.splitlines()
+    assert "#SBATCH --output=/scratch/kd/logs/%x-%A_%a.out" in text.splitlines()
+    res = run_script(tmp_path, text.replace("mkdir -p /scratch/kd/logs", ":"), SLURM_ARRAY_TASK_ID=str(index))
+    assert res.returncode == 0, res.stderr
+    e = slurm.sweep_elements(job)[index]
+    env = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    assert env["RAZOR_WORK_DIR"] == e.work_dir and env["RAZOR_SWEEP_INDEX"] == str(index)
+    assert json.loads(env["RAZOR_SWEEP"]) == e.options
+    args = (tmp_path / "args").read_text().splitlines()
+    assert "--output=/scratch/kd/logs/%x-%A_%a-node%n.out" in args
+    assert args[args.index("--work-dir") + 1] == e.work_dir
+    opts = args[args.index("--cfg-options") + 1:]
+    assert opts == [f"optimizer.lr={e.options['optimizer.lr']}", f"model.name={format_value(e.options['model.name'])}"]
+    assert f"razor: sweep element {index} of 4: " in res.stdout
+    bad = run_script(tmp_path, text.replace("mkdir -p /scratch/kd/logs", ":"), SLURM_ARRAY_TASK_ID="4")
+    assert bad.returncode == 2 and "razor: 4 is not an element of this sweep (0-3)" in bad.stderr
+
+
+@pytest.mark.parametrize("pattern", HOSTILE)
+def test_hostile_sweep_values_are_inert(tmp_path: Path, pattern: str):
+    stub_bin(tmp_path)
+    marker = tmp_path / "pwned"
+    evil = pattern.format(m=marker)
+    job = parse_job(job_doc("evil", config="c.yaml", workDir=str(tmp_path / "wd"),
+                            slurm={"sweep": {"name": [evil, "ok"]}}))
+    res = run_script(tmp_path, slurm.render(job, str(tmp_path)), SLURM_ARRAY_TASK_ID="0")
+    assert res.returncode == 0, res.stderr
+    assert not marker.exists()
+    assert f"name={format_value(evil)}" in (tmp_path / "args").read_text().splitlines()
+
+
+def test_a_sweep_refuses_a_fixed_port():
+    for extra, field in (({"port": 29501}, "spec.port"),
+                         ({"cfgOptions": {"dist_params.port": 29501}}, "spec.cfgOptions.dist_params.port")):
+        job = parse_job(job_doc("s", config="c.yaml", slurm={"sweep": {"a": [1, 2]}}, **extra))
+        with pytest.raises(SpecError, match=f"{re.escape(field)}: fixes port 29501, but a sweep's elements"):
+            slurm.render(job, "/x")
+    auto = parse_job(job_doc("s", config="c.yaml", port="auto", slurm={"sweep": {"a": [1, 2]}}))
+    assert "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))" in slurm.render(auto, "/x", config={
+        "dist_params": {"port": 29501}})
+
+
+def test_command_line_sweeps_merge_into_the_spec():
+    job = parse_job(job_doc("s", config="c.yaml", slurm={"sweep": {"a": [1, 2], "b": ["x"]}}))
+    merged = slurm.with_sweep(job, ["b=0.5,true,abc,1e-3", "c.d=3"])  # as --cfg-options values
+    assert merged.spec.slurm.sweep == {"a": [1, 2], "b": [0.5, True, "abc", 0.001], "c.d": [3]}
+    assert "port" not in merged.spec.model_fields_set, "a default stays a default"
+    assert slurm.with_sweep(job, []) is job
+
+
+@pytest.mark.parametrize("items, message", [
+    (["lr"], "--sweep: 'lr' is not KEY=V1,V2,..."), (["lr="], "is not KEY=V1,V2"),
+    (["lr=1,,2"], "--sweep: 'lr=1,,2': '' is not a value"), (["lr=1", "lr=2"], "--sweep: lr is given twice"),
+    (["lr=1,null"], "'lr=1,null': 'null' is not a value"),
+])
+def test_bad_command_line_sweeps_name_the_option(items: list[str], message: str):
+    job = parse_job(job_doc("s", config="c.yaml"))
+    with pytest.raises(SpecError) as err:
+        slurm.with_sweep(job, items)
+    assert message in str(err.value)
+    with pytest.raises(SpecError, match=r"spec.slurm.sweep: 'a\.\.b' is not a config key"):
+        slurm.with_sweep(job, ["a..b=1"])
+
+
+def test_the_verdict_carries_the_nodes_failure_message():
+    """razor.node's end record (a rank's exception) reaches the policy's message, and so the job's
+    Comment and razorctl status; a stopped rank keeps its own words."""
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    before, _ = srun_report(SRUN_2_NODES)
+    outcomes = failed_ranks(before, 75, {"node2": ("IDLE", "")}, ["node1", "node2"], now,
+                            {1: "rank 3 exited with code 3: ValueError: the batch is empty"})
+    v = on_failure(Policy(backoff_limit=0), outcomes, Restarts(), 1, 2)
+    assert v.message.startswith("rank 1 (node2) exited with code 3, its process rank 3: ValueError: the batch is "
+                                "empty; backoffLimit 0 reached")

@@ -27,6 +27,8 @@ def env_of(slurm) -> dict[str, str]:
     env = slurm.env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    # razorctl's index of the jobs it submitted, beside the cluster rather than in ~/.local/state.
+    env["XDG_STATE_HOME"] = str(slurm.slurm_dir / "razorctl-state")
     return env
 
 
