@@ -55,7 +55,9 @@ def pod_to_podman(pod: dict[str, Any], image: dict[str, Any]) -> tuple[list[str]
         volume = volumes[mount["name"]]
         if "hostPath" in volume:
             flags += ["--volume", f"{volume['hostPath']['path']}:{mount['mountPath']}"]
-        elif "emptyDir" in volume:
+        elif "emptyDir" in volume or "projected" in volume:
+            # A projected volume is the progress token the kubelet writes; with no operator to
+            # report to (the pod has no RAZOR_PROGRESS_URL), an empty folder stands in.
             flags += ["--mount", f"type=tmpfs,destination={mount['mountPath']}"]
         else:
             raise AssertionError(f"no podman form for the volume {volume}")

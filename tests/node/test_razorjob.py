@@ -99,10 +99,18 @@ def uninterrupted(razor, kube: Cluster, tmp_path_factory: pytest.TempPathFactory
                               cwd=ROOT, env=razor_env(kube), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     seen["follow"] = read_until(follow, "epoch", 240)
+    # Rank 0's razor.node reports the job's progress to the operator (its projected token, no
+    # RBAC) while it trains: the status has it before the job ends.
+    seen["progress_running"] = eventually(
+        lambda: (p := job_status(kube, namespace, "kd").get("progress")) and p.get("stage") != "done" and p,
+        120, "status.progress while the job trains", interval=0.5)
+    seen["status_running"] = razorctl(kube, "status", "kd", "-n", namespace)
+    seen["table_running"] = kube.kubectl("get", "razorjobs", "-n", namespace).stdout
     seen["wait"] = razorctl(kube, "wait", "kd", "-n", namespace, "--timeout", "600", timeout=660)
     running()
     seen["table"] = kube.kubectl("get", "razorjobs", "-n", namespace).stdout
     seen["logs"] = razorctl(kube, "logs", "kd", "--rank", "0", "-n", namespace)
+    seen["progress_end"] = job_status(kube, namespace, "kd").get("progress")
     return seen
 
 
@@ -170,6 +178,23 @@ def test_a_2_node_kd_job_applied_with_kubectl_trains_in_pods(uninterrupted: dict
     env = {e["name"]: e["value"] for e in pods[1]["spec"]["containers"][0]["env"]}
     assert env["MASTER_ADDR"] == f"kd-0.kd.{ns}.svc"
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
+
+
+def test_a_training_job_reports_its_progress_to_its_status(uninterrupted: dict):
+    """What `kubectl get razorjobs` and `razorctl status` show while the job trains, and at its end:
+    the trainer's reports, through rank 0's razor.node and the operator's /progress endpoint."""
+    during = uninterrupted["progress_running"]
+    assert during["stage"] in ("train", "val"), during
+    assert 0 <= during["percent"] < 100 and during["epochs"] >= 1, during
+    assert "loss" in during.get("metrics", {}) or during["stage"] == "val", during
+    assert during["lastUpdateTime"].endswith("Z"), during
+    header, row = uninterrupted["table_running"].splitlines()[:2]
+    assert "PROGRESS" in header.split(), uninterrupted["table_running"]
+    status = uninterrupted["status_running"]
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"progress: .*epoch \d+/\d+", status.stdout), status.stdout
+    end = uninterrupted["progress_end"]
+    assert end and end["stage"] == "done" and end["percent"] == 100, end
 
 
 def test_a_killed_rank_restarts_the_gang_which_resumes_to_the_same_weights(
