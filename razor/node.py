@@ -206,6 +206,11 @@ _LEAK_HEAD = re.compile(rb"^nanobind: (leaked \d+ [a-z_ ]+!|this is likely cause
                         rb"in the binding code\.)\r?\n?$")
 _LEAK_ITEM = re.compile(rb"^ - (leaked (instance|type|function|keep_alive) .*|\.\.\. skipped remainder)\r?\n?$")
 _LEAK_SEE = b"See https://nanobind.readthedocs.io/en/latest/refleaks.html"
+#: torchrun's log line when its exit barrier fails, followed by a traceback. On a node other than
+#: the master it is a race in torch, not a failure: the last agent to reach the barrier sets the
+#: key the others wait for, the master's agent (which hosts the store) sees it and exits, and an
+#: agent still reading the key loses its connection. torchrun then exits 0.
+_EXIT_BARRIER = re.compile(r"Error waiting on exit barrier")
 
 
 class TorchrunStderr(threading.Thread):
@@ -218,6 +223,8 @@ class TorchrunStderr(threading.Thread):
       torchrun exits 1 whatever its worker's code was (a bad config's 2, an OOM kill's -9).
     - The last lines are kept (``tail``) for a failure that has no root cause (a rendezvous
       that timed out).
+    - From a failed exit barrier on (``_EXIT_BARRIER``), lines are held back until torchrun's
+      code is known (:meth:`settle`): after a success they are a torch race, and dropped.
     """
 
     def __init__(self, stream) -> None:
@@ -229,6 +236,7 @@ class TorchrunStderr(threading.Thread):
         self._held: list[bytes] | None = []
         self._in_root = False
         self._in_leak = False
+        self._barrier: list[bytes] | None = None
 
     @property
     def released(self) -> bool:
@@ -254,13 +262,30 @@ class TorchrunStderr(threading.Thread):
             kept = self.without_leaks(raw)
             if not kept:
                 continue
-            self._note(kept.decode(errors="replace"))
+            line = kept.decode(errors="replace")
+            self._note(line)
             with self._lock:
-                if self._held is None:
+                if self._barrier is None and _EXIT_BARRIER.search(line):
+                    self._barrier = []
+                if self._barrier is not None:
+                    self._barrier.append(kept)
+                elif self._held is None:
                     _write_stderr(kept)
                 else:
                     self._held.append(kept)
         self.stream.close()
+
+    def settle(self, succeeded: bool) -> None:
+        """torchrun has exited: a failed exit barrier's report is shown after a failure, and after
+        a success replaced by one line (every worker of this node finished; nothing was lost)."""
+        with self._lock:
+            barrier, self._barrier = self._barrier, None
+        if barrier and succeeded:
+            log("torchrun's exit barrier lost the master's store as the master finished (a race in "
+                "torch, after every worker here had succeeded); its traceback is left out")
+        elif barrier:
+            for raw in barrier:
+                _write_stderr(raw)
 
     def without_leaks(self, raw: bytes) -> bytes:
         """``raw`` less nanobind's leak report (b"" when the line is all of it)."""
@@ -647,6 +672,7 @@ def _run(args: list[str], environ: dict[str, str], settings: dict[str, str],
                 kill_tree(proc.pid)
                 stopping["since"], stopping["killed"] = float("inf"), 1
     stderr.join(10)
+    stderr.settle(code == 0)
     watcher.finish()
     if not stderr.released and code != 0 and master and _ADDR_IN_USE.search(stderr.held_text()):
         # Taken between port_free's check and torchrun's bind: torch's 30-line traceback says less.

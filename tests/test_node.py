@@ -164,6 +164,33 @@ def test_the_leak_report_of_tritons_bindings_is_dropped_and_nothing_else():
     assert b"".join(kept) == b"razor: plot w/metrics.png\nrazor-node: the end\n - a line of the user's own\n"
 
 
+EXIT_BARRIER = (b"[E1201 07:01:02.345 agent/server/api.py:1007] Error waiting on exit barrier. Elapsed: 0.01 seconds\n"
+                b"Traceback (most recent call last):\n"
+                b'  File "/v/torch/distributed/elastic/agent/server/api.py", line 993, in _exit_barrier\n'
+                b"    store_util.barrier(\n"
+                b"torch.distributed.DistNetworkError: failed to recv, got 0 bytes\n")
+
+
+@pytest.mark.parametrize("succeeded", [True, False])
+def test_a_failed_exit_barrier_after_a_success_is_one_line_not_a_traceback(capfd, succeeded: bool):
+    """Node 1 of a finished job: the master's agent exits as soon as the last agent reaches the
+    barrier, and torch logs the lost store as an error. After a success that is one line of
+    razor-node's; after a failure the whole report, as torch wrote it."""
+    import io
+
+    out = node.TorchrunStderr(io.BytesIO(b"razor: epoch 3/3\n" + EXIT_BARRIER))
+    out.release()
+    out.run()
+    out.settle(succeeded)
+    err = capfd.readouterr().err
+    assert err.startswith("razor: epoch 3/3\n")
+    if succeeded:
+        assert "Traceback" not in err and "DistNetworkError" not in err
+        assert err.splitlines()[-1].startswith("razor-node: torchrun's exit barrier lost the master's store")
+    else:
+        assert err.endswith(EXIT_BARRIER.decode())
+
+
 def test_the_failures_message_is_the_root_causes_exception_and_last_traceback_lines(tmp_path):
     callstack = ["Traceback (most recent call last):",
                  '  File "/v/torch/distributed/elastic/multiprocessing/errors/__init__.py", line 384, in wrapper',

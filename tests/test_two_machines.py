@@ -101,6 +101,9 @@ def run_both(machines, tmp_path: Path, job: Path) -> list[str]:
                 p.communicate()
     node1, node0 = outs
     assert [procs[1].returncode, procs[0].returncode] == [0, 0], f"node 0:\n{node0}\nnode 1:\n{node1}"
+    # A success reads as one: no traceback (torch's exit barrier race is one razor-node line).
+    for out in (node0, node1):
+        assert "Traceback" not in out, out
     return [node0, node1]
 
 

@@ -31,6 +31,9 @@ from . import Backend
 DEFAULTS_ENV = "RAZOR_DEFAULTS"
 DEFAULTS_LOCATION = "razor-system/razor-defaults"
 DEFAULTS_KEY = "defaults.yaml"
+#: The same ConfigMap's key for the operator's --progress-url (the chart writes both), so that
+#: render shows the pods' RAZOR_PROGRESS_URL as the operator sets it.
+PROGRESS_URL_KEY = "progress-url"
 
 
 class KubeError(RuntimeError):
@@ -78,10 +81,11 @@ def port_note(job: RazorJob) -> str | None:
             "hostNetwork job uses (status.port)")
 
 
-def render(job: RazorJob, namespace: str, fmt: str = "yaml", defaults: dict[str, Any] | None = None) -> str:
+def render(job: RazorJob, namespace: str, fmt: str = "yaml", defaults: dict[str, Any] | None = None,
+           progress_url: str | None = None) -> str:
     """The Service and pods the operator would create (attempt 1, before a uid exists), with the
-    cluster's ``defaults`` for the fields the job leaves out."""
-    objs = kube.objects(with_defaults(job, defaults or {}), namespace)
+    cluster's ``defaults`` for the fields the job leaves out and its ``progress_url``."""
+    objs = kube.objects(with_defaults(job, defaults or {}), namespace, progress_url=progress_url)
     if fmt == "json":
         return json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2) + "\n"
     return yaml.safe_dump_all(objs, sort_keys=False)
@@ -119,9 +123,10 @@ class Cluster:
         except HTTPError as exc:
             raise KubeError(f"{what}: cannot reach the API server ({exc})") from None
 
-    def defaults(self, location: str) -> tuple[dict[str, Any], str | None]:
-        """The cluster's RazorJob defaults from the ConfigMap ``location`` (NAMESPACE/NAME), and a
-        note for the user when there are none to read (then razor's own defaults apply)."""
+    def defaults(self, location: str) -> tuple[dict[str, Any], str | None, str | None]:
+        """The cluster's RazorJob defaults from the ConfigMap ``location`` (NAMESPACE/NAME), a
+        note for the user when there are none to read (then razor's own defaults apply), and the
+        operator's progress URL where the ConfigMap has it."""
         from kubernetes.client.rest import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -132,14 +137,15 @@ class Cluster:
             cm = self.core.read_namespaced_config_map(name, ns)
         except ApiException as exc:
             why = {403: "not allowed to read it", 404: "no such ConfigMap"}.get(exc.status, exc.reason)
-            return {}, f"the cluster's RazorJob defaults ({location}): {why}; showing razor's own defaults"
+            return {}, f"the cluster's RazorJob defaults ({location}): {why}; showing razor's own defaults", None
         except HTTPError as exc:
-            return {}, f"cannot reach the API server ({exc}); showing razor's own defaults"
-        text = (cm.data or {}).get(DEFAULTS_KEY)
+            return {}, f"cannot reach the API server ({exc}); showing razor's own defaults", None
+        data = cm.data or {}
+        text, url = data.get(DEFAULTS_KEY), data.get(PROGRESS_URL_KEY) or None
         if text is None:
-            return {}, f"ConfigMap {location} has no {DEFAULTS_KEY}; showing razor's own defaults"
+            return {}, f"ConfigMap {location} has no {DEFAULTS_KEY}; showing razor's own defaults", url
         try:
-            return parse_cluster_defaults(yaml.safe_load(text), f"ConfigMap {location}"), None
+            return parse_cluster_defaults(yaml.safe_load(text), f"ConfigMap {location}"), None, url
         except (SpecError, yaml.YAMLError) as exc:
             raise KubeError(f"the cluster's RazorJob defaults in ConfigMap {location} are invalid:\n{exc}") from None
 
@@ -305,16 +311,16 @@ class KubernetesBackend(Backend):
         # The namespace as submit picks it, and the cluster's defaults as the operator applies them.
         try:
             cluster, ns = self.cluster()
-            defaults, note = cluster.defaults(self.defaults_from or os.environ.get(DEFAULTS_ENV)
-                                              or DEFAULTS_LOCATION)
+            defaults, note, progress_url = cluster.defaults(self.defaults_from or os.environ.get(DEFAULTS_ENV)
+                                                            or DEFAULTS_LOCATION)
         except KubeError as exc:
             if self.defaults_from:
                 raise
-            ns, defaults, note = "default", {}, f"{exc}; showing razor's own defaults"
+            ns, defaults, note, progress_url = "default", {}, f"{exc}; showing razor's own defaults", None
         if note:
             self.note(note)
         return render(job, self.namespace or job.metadata.namespace or ns, "json" if fmt == "json" else "yaml",
-                      defaults)
+                      defaults, progress_url)
 
     def submit(self, job: RazorJob, source: str) -> int:
         job = self._prepare(job)

@@ -367,7 +367,9 @@ def test_default_render(helm: Helm):
     assert svc["spec"]["selector"] == spec["selector"]["matchLabels"]
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
                                      "protocol": "TCP"}]
-    # The pods' progress reports reach the operator through its Service (--progress-url).
+    # The pods' progress reports reach the operator through its Service (--progress-url), which
+    # the defaults ConfigMap also names for razorctl render.
+    assert f"--progress-url={one(objs, 'ConfigMap')['data']['progress-url']}" in c["args"]
     svc = one(objs, "Service", "razor-operator")
     assert svc["spec"]["selector"] == spec["selector"]["matchLabels"] and svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["ports"] == [{"name": "progress", "port": 8090, "targetPort": "progress",

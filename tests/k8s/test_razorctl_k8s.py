@@ -108,7 +108,8 @@ def test_render_uses_the_cluster_defaults_and_the_namespace_submit_would_use(clu
                 "cpuImage": "registry.example.com:5000/team/razor-trainer:0.1.0-cpu",
                 "terminationGracePeriodSeconds": 45}
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "razor-defaults", "namespace": ns},
-          "data": {"defaults.yaml": yaml.safe_dump(defaults)}}
+          "data": {"defaults.yaml": yaml.safe_dump(defaults),
+                   "progress-url": "http://razor-operator.razor-system.svc:8090/progress"}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(cm))
     try:
         out = razorctl(cluster, "render", str(EXAMPLE))
@@ -119,6 +120,8 @@ def test_render_uses_the_cluster_defaults_and_the_namespace_submit_would_use(clu
         assert pod0["spec"]["terminationGracePeriodSeconds"] == 45
         env = {e["name"]: e["value"] for e in pod0["spec"]["containers"][0]["env"]}
         assert env["MASTER_ADDR"] == "digits-kd-0.digits-kd.default.svc"
+        # Where the operator has the pods report progress (the chart writes it beside the defaults).
+        assert env["RAZOR_PROGRESS_URL"] == "http://razor-operator.razor-system.svc:8090/progress"
         # A field the job sets is its own.
         job = yaml.safe_load(EXAMPLE.read_text())
         job["spec"]["image"] = "mine:1"

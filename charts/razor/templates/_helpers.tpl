@@ -92,3 +92,8 @@ watches (a ClusterRole's rules when it watches all, a Role's in each watched nam
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+{{/* Where the pods report progress: the operator's Service (--progress-url; razorctl render reads it from the defaults ConfigMap). */}}
+{{- define "razor.progressURL" -}}
+http://{{ include "razor.operatorName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.progress.port }}/progress
+{{- end }}
