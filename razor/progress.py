@@ -235,7 +235,7 @@ def _metric(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.4g}"
 
 
-def describe(p: Progress | None, now: float | None = None) -> str:
+def describe(p: Progress | None, now: float | None = None, percent: bool = True) -> str:
     """One plain line: ``epoch 2/5, step 30/100, 43%, ETA 1m20s, loss 0.231, accuracy 0.910,
     512 samples/s, updated 5s ago`` (a stage other than train first: ``val, epoch 2/5, ...``)."""
     if p is None:
@@ -248,7 +248,7 @@ def describe(p: Progress | None, now: float | None = None) -> str:
         parts.append(f"epoch {p.epoch}/{p.epochs}" if p.epochs else f"epoch {p.epoch}")
     if p.step is not None:
         parts.append(f"step {p.step}/{p.steps}" if p.steps else f"step {p.step}")
-    if p.percent is not None:
+    if p.percent is not None and percent:
         parts.append(_percent(p.percent))
     if p.eta_seconds is not None and p.stage != "done":
         parts.append(f"ETA {duration(p.eta_seconds)}")
@@ -259,6 +259,14 @@ def describe(p: Progress | None, now: float | None = None) -> str:
     if p.updated:
         parts.append(f"updated {duration(now - p.updated)} ago")
     return ", ".join(parts)
+
+
+def line(p: Progress | None, tty: bool = False, now: float | None = None) -> str:
+    """What ``razorctl status`` shows on every backend: on a terminal the bar, then
+    :func:`describe` without the percent the bar already shows; otherwise describe alone."""
+    if tty and p is not None:
+        return f"{bar(p)} {describe(p, now, percent=False)}"
+    return describe(p, now)
 
 
 def bar(p: Progress, width: int = 30) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from razor import progress
-from razor.progress import Progress, bar, describe, read_node_ends, read_progress, read_reports, report
+from razor.progress import Progress, bar, describe, line, read_node_ends, read_progress, read_reports, report
 
 EXAMPLE = Progress(stage="train", epoch=2, epochs=5, step=30, steps=100, percent=43.0, eta_seconds=80,
                    metrics={"loss": 0.231, "accuracy": 0.91}, samples_per_second=512.0,
@@ -51,6 +51,15 @@ def test_describe_says_it_in_one_plain_line():
     assert describe(val, EXAMPLE.updated + 7300) == "val, epoch 1/2, 99%, ETA 1h06m, updated 2h01m ago"
     done = Progress(stage="done", percent=100, eta_seconds=0, metrics={"accuracy": 0.97}, updated=EXAMPLE.updated)
     assert describe(done, EXAMPLE.updated) == "done, 100%, accuracy 0.970, updated 0s ago"
+
+
+def test_status_shows_a_bar_on_a_terminal_and_the_percent_once():
+    now = EXAMPLE.updated + 5
+    assert line(EXAMPLE, tty=False, now=now) == describe(EXAMPLE, now)
+    shown = line(EXAMPLE, tty=True, now=now)
+    assert shown.startswith("[############..................] 43% epoch 2/5, step 30/100, ETA 1m20s")
+    assert shown.count("43%") == 1
+    assert line(None, tty=True) == "no progress reported yet"
 
 
 def test_bar_fills_with_the_percent():

@@ -20,7 +20,7 @@ from .. import kube
 from ..config import ConfigError, load_config
 from ..crd import PLURAL
 from ..policy import FINISHED
-from ..progress import Progress, bar, describe as progress_text
+from ..progress import Progress, line as one_line
 from ..launcher import CONFIG_PORT, Network, job_port, requested_ports
 from ..spec import GROUP, VERSION, RazorJob, SpecError, parse_cluster_defaults, parse_job, with_cluster_defaults
 from . import Backend
@@ -230,11 +230,11 @@ def progress_line(status: dict[str, Any], tty: bool = False, now: float | None =
         p = Progress.from_status(doc)
     except ValueError:
         return None
-    text = progress_text(p, now)
+    text = one_line(p, tty, now)
     attempt = doc.get("attempt")
     if attempt and attempt != status.get("attempt", attempt):
         text += f" (attempt {attempt})"
-    return f"{bar(p)} {text}" if tty else text
+    return text
 
 
 def describe(obj: dict[str, Any], tty: bool = False, now: float | None = None) -> str:

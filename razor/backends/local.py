@@ -44,8 +44,8 @@ from ..config import ConfigError, apply_options, load_config
 from ..launcher import EXIT_PREEMPTED, Network, NodeLaunch, PortChoice, job_port, node_launches, run_vars
 from ..node import kill_tree, port_free
 from ..policy import Action, Phase, Policy, RankOutcome, Restarts, on_failure
-from ..progress import (STATUS_DIR, bar, duration, parse_rfc3339, read_json, read_node_ends, read_progress,
-                        rfc3339, write_json)
+from ..progress import (STATUS_DIR, duration, line as progress_line, parse_rfc3339, read_json, read_node_ends,
+                        read_progress, rfc3339, write_json)
 from ..spec import FieldError, RazorJob, SpecError
 from . import Backend, Refused
 
@@ -818,11 +818,7 @@ class JobRecord:
         if p is None and self.node_rank not in (None, 0):
             shown = "node 0 reports it (razorctl status --local on its machine, or its work dir)"
         else:
-            from ..progress import describe as describe_progress
-
-            shown = describe_progress(p, now)
-            if tty and p is not None:
-                shown = f"{bar(p)}  {shown}"
+            shown = progress_line(p, tty, now)
         lines.append(f"  progress:   {shown}")
         if self.end is not None:
             lines.append(f"  exit code:  {self.end.get('exitCode')}")

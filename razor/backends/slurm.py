@@ -119,7 +119,7 @@ class JobStatus:
             lines.append(f"  work dir: {self.work_dir}")
         if self.progress is not None:
             p = progress.Progress.from_status(self.progress)
-            lines.append("  progress: " + (progress.bar(p) + " " if tty else "") + progress.describe(p, now))
+            lines.append(f"  progress: {progress.line(p, tty, now)}")
         for end in self.nodes:
             text = end.get("message") or f"exited with code {end.get('exitCode')}"
             first, *rest = str(text).splitlines() or [""]
