@@ -23,7 +23,8 @@ The path of a report:
    (:func:`write_node_end`): its exit code and the failure's message (a failed rank's traceback,
    a stall).
 4. A backend's ``razorctl status`` reads them (:func:`read_progress`, :func:`read_node_ends`) and
-   prints :func:`bar` and :func:`describe`; ``-o json`` carries :meth:`Progress.to_status`.
+   prints :func:`line` (:func:`bar` on a terminal, then :func:`describe`); ``-o json`` carries
+   :meth:`Progress.to_status`.
 
 Standard library only: razor.node and users' scripts import it.
 """

@@ -16,7 +16,7 @@ minus 10 s), so the checkpoint is saved and the job requeued before SLURM's SIGT
 later, SIGKILL.
 
 The failure policy is the same as on every backend (razor.policy): when srun fails, the script
-runs ``python -m razor.backends.slurm after-srun`` with the job's policy fields (:func:`policy_argv`),
+runs ``python -m razor.backends.slurm_job after-srun`` with the job's policy fields (:func:`policy_argv`),
 which requeues the job as its next attempt (``SLURM_RESTART_COUNT`` + 1, ``RAZOR_ATTEMPT`` + 1),
 counted or not, after the backoff and without the node of a counted failure, or lets it fail.
 srun's own stderr (its report of the tasks that failed, in order) is kept for it in a temporary
@@ -293,9 +293,9 @@ def directives(job: RazorJob, cwd: str) -> list[str]:
 
 def policy_argv(job: RazorJob, python: str = "python") -> list[str]:
     """What the script runs when srun failed: razor.policy with the job's fields, in the job
-    (razor.backends.slurm.after_srun), given srun's exit code and report."""
+    (razor.backends.slurm_job.after_srun), given srun's exit code and report."""
     spec = job.spec
-    return [python, "-m", "razor.backends.slurm", "after-srun", f"--nnodes={spec.nnodes}",
+    return [python, "-m", "razor.backends.slurm_job", "after-srun", f"--nnodes={spec.nnodes}",
             f"--backoff-limit={spec.backoff_limit}",
             f"--permanent-exit-codes={','.join(map(str, sorted(spec.permanent_exit_codes)))}",
             f"--retryable-exit-codes={','.join(map(str, sorted(spec.retryable_exit_codes)))}",

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from razor.backends.slurm import record_fields
+from razor.backends.slurm_records import record_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = ROOT / "scripts" / "slurm-setup.sh"
@@ -63,8 +63,8 @@ EXIT_NO_NETNS = 3
 
 def parse_record(line: str) -> dict[str, str]:
     """The fields of one ``scontrol show job|node -o`` line: ``{"JobId": "7", "JobState": ...}``,
-    read as razorctl reads them (razor.backends.slurm.record_fields: a value runs up to the next
-    `` Key=``, so ``OS=Linux 6.1 ...`` and ``TRES=cpu=1,node=1`` come out whole)."""
+    read as razorctl reads them (razor.backends.slurm_records.record_fields: a value runs up to
+    the next `` Key=``, so ``OS=Linux 6.1 ...`` and ``TRES=cpu=1,node=1`` come out whole)."""
     return record_fields(line)
 
 

@@ -161,7 +161,8 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_submit_resumes(tmp_path: Path):
 SUPERVISE = """
 import sys
 from pathlib import Path
-from razor.backends.local import Supervisor, plan
+from razor.backends.local import plan
+from razor.backends.local_run import Supervisor
 from razor.launcher import NodeLaunch
 from razor.spec import load_job
 

@@ -14,8 +14,9 @@ import yaml
 
 from conftest import ROOT, job_doc
 from razor import slurm
-from razor.backends.slurm import (CommentState, TaskEnd, counters, failed_ranks, parse_comment, phase_of,
-                                  record_fields, srun_report)
+from razor.backends.slurm import phase_of
+from razor.backends.slurm_job import TaskEnd, failed_ranks, srun_report
+from razor.backends.slurm_records import CommentState, counters, parse_comment, record_fields
 from razor.config import format_value, parse_value
 from razor.policy import FailureClass, Phase, Policy, Restarts, on_failure
 from razor.seedtools import job_from_seed
@@ -192,7 +193,7 @@ def test_the_script_runs_the_policy_only_when_srun_failed(tmp_path: Path):
         assert res.returncode == want, res.stderr
         assert "srun: error: vm: task 0: Exited with exit code 3" in res.stderr  # kept in the .err log
     args = (tmp_path / "args").read_text().splitlines()
-    assert args[:3] == ["-m", "razor.backends.slurm", "after-srun"]
+    assert args[:3] == ["-m", "razor.backends.slurm_job", "after-srun"]
     assert {"--nnodes=2", "--backoff-limit=4", "--permanent-exit-codes=2,126,127", "--retryable-exit-codes=3,124",
             "--restart-backoff-seconds=5", "--restart-backoff-max-seconds=360"} <= set(args)
     assert args[args.index("--exit-code") + 1] == "1"

@@ -1,47 +1,38 @@
-"""The SLURM backend: sbatch, squeue, sacct, scontrol and scancel, run as programs (no shell).
+"""The SLURM backend, razorctl's side: sbatch, squeue, sacct, scontrol and scancel, run as
+programs (no shell).
 
-``submit`` writes the rendered script into the work dir (its ``logs/`` made first, so no log is
-lost), submits it and records the job id there. ``status`` asks ``scontrol show job``, then
-squeue, then sacct (accounting may be off, and scontrol forgets a job MinJobAge after it ended),
-and reports razor's phases (razor.policy.Phase) and restart counters, as on every backend.
+``submit`` writes the rendered script (razor.slurm) into the work dir (its ``logs/`` made first,
+so no log is lost), submits it and records the job (razor.backends.slurm_records: in the work dir
+and in a per-user index, for when SLURM has forgotten the job). ``status`` asks ``scontrol show
+job``, then squeue, then sacct (accounting may be off, and scontrol forgets a job MinJobAge after
+it ended), else those records, and reports razor's phases (razor.policy.Phase) and restart
+counters, as on every backend.
 
-The job's failure policy runs inside the job: when srun ends with a failure, the sbatch script
-(razor.slurm) runs ``python -m razor.backends.slurm after-srun``, :func:`after_srun`, which asks
-razor.policy what to do with the ranks that failed (read from srun's own report of its tasks,
-``srun: error: node2: task 1: Exited with exit code 3``) and does it: requeue the job as the next
-attempt (``scontrol requeue``; SLURM_RESTART_COUNT + 1), after the backoff (its StartTime) and
-without the node of a counted failure (its ExcNodeList) where enough nodes are left, or let it
-fail. The counters SLURM does not keep (the restarts counted against backoffLimit, those after a
-retryable exit code) and the verdict live in the job's Comment (:data:`COMMENT_PREFIX`); every
-other restart of the job (``Restarts``: preempted, NODE_FAIL, ``scontrol requeue``, a rank's exit
-75) was a disruption.
+The job's failure policy runs inside the job (razor.backends.slurm_job, which the sbatch script
+runs after srun failed): it keeps the counters SLURM does not (the restarts counted against
+backoffLimit, those after a retryable exit code) and its verdict in the job's Comment, read here
+(razor.backends.slurm_records.counters); every other restart of the job (``Restarts``: preempted,
+NODE_FAIL, ``scontrol requeue``, a rank's exit 75) was a disruption.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from .. import progress, slurm
 from ..config import apply_options, format_value
-from ..node import EXIT_PREEMPTED
-from ..policy import Action, FailureClass, Phase, Policy, RankOutcome, Restarts, on_failure
+from ..policy import Phase
 from ..spec import FieldError, RazorJob, SpecError
 from . import Backend
+from .slurm_records import (SlurmError, as_int, cluster_name, counters, parse_comment, read_record, record_fields,
+                            records_by_name, run, state_dir, task_ids, write_record)
 
-RECORD = "razor-slurm.json"
 #: SLURM states of a job that waits to run: Pending, or Restarting once it ran before.
 PENDING_STATES = {"PENDING", "CONFIGURING", "RESIZING", "RESV_DEL_HOLD"}
 #: States of a job on its way to its next attempt.
@@ -50,14 +41,6 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 #: A job that ended otherwise than COMPLETED: Failed (CANCELLED too: razor's phases have no other
 #: word for a job given up; the SLURM state says which).
 FAILED_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "CANCELLED"}
-#: The job's Comment as razor writes it: ``razor: Restarting attempt 2 counted 1 retryable 0; <message>``.
-COMMENT_PREFIX = "razor:"
-#: Node states (sinfo %T, scontrol State) in which a node cannot run the next attempt.
-UNUSABLE_NODE = ("DOWN", "DRAIN", "FAIL", "MAINT", "INVAL", "FUTURE", "NOT_RESPONDING", "POWER")
-
-
-class SlurmError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -147,51 +130,6 @@ def phase_of(state: str, restarts: int = 0) -> str:
     return "Unknown"
 
 
-@dataclass(frozen=True)
-class CommentState:
-    """What razor keeps in a job's Comment: the last verdict's phase and the attempt it led to,
-    the restarts counted against backoffLimit and those after a retryable exit code, its message.
-    No ``=`` in it: ``scontrol show job -o`` would read ``key=`` as a field of its own."""
-
-    phase: str = ""
-    attempt: int = 0
-    counted: int = 0
-    retryable: int = 0
-    message: str = ""
-
-    def text(self) -> str:
-        return (f"{COMMENT_PREFIX} {self.phase} attempt {self.attempt} counted {self.counted} "
-                f"retryable {self.retryable}; {self.message.replace('=', ':')}")
-
-
-def parse_comment(comment: str | None) -> CommentState:
-    """The razor part of a job's Comment (an empty CommentState for any other comment)."""
-    text = (comment or "").strip()
-    if not text.startswith(COMMENT_PREFIX):
-        return CommentState()
-    head, _, message = text[len(COMMENT_PREFIX):].partition(";")
-    words = head.split()
-    phase = words[0] if words else ""
-    values = dict(zip(words[1::2], words[2::2]))
-
-    def number(key: str) -> int:
-        try:
-            return max(0, int(values.get(key, 0)))
-        except ValueError:
-            return 0
-
-    return CommentState(phase, number("attempt"), number("counted"), number("retryable"), message.strip())
-
-
-def counters(restarts: int, comment: str | None) -> Restarts:
-    """The restart counters of a job SLURM restarted ``restarts`` times: those razor counted
-    (its Comment), and every other restart that did not follow a retryable code a disruption."""
-    c = parse_comment(comment)
-    counted = min(c.counted, restarts)
-    retryable = min(c.retryable, restarts - counted)
-    return Restarts(restarts, counted, restarts - counted - retryable)
-
-
 def _status(job_id: str, state: str, reason: str, exit_code: str, source: str, restarts: int,
             comment: str, excluded: str = "") -> JobStatus:
     reason = "" if reason in ("None", "(null)") else reason
@@ -202,102 +140,7 @@ def _status(job_id: str, state: str, reason: str, exit_code: str, source: str, r
                      r.total, r.counted, r.disruptions, message, "" if excluded in ("(null)", "None") else excluded)
 
 
-def _run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which(cmd[0]) is None:
-        raise SlurmError(f"{cmd[0]} not found: is SLURM installed here (this machine must be a "
-                         "SLURM login node)?")
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SlurmError(f"{cmd[0]} did not answer within {timeout:g}s: is slurmctld reachable?") from None
-    if check and res.returncode != 0:
-        msg = (res.stderr or res.stdout).strip().splitlines()
-        raise SlurmError(f"{' '.join(cmd[:2])} failed: {msg[-1] if msg else f'exit code {res.returncode}'}")
-    return res
-
-
-# A "Key=" at the start of a field of `scontrol show ... -o` (keys like AllocNode:Sid, CPUs/Task).
-_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:]*)=")
-
-
-def record_fields(line: str) -> dict[str, str]:
-    """The fields of one ``scontrol show job|node -o`` line. A value runs up to the next
-    `` Key=``, so values with spaces (a Comment, a node's Reason) come out whole."""
-    fields: dict[str, str] = {}
-    text = line.strip()
-    matches = list(_FIELD.finditer(text))
-    for m, nxt in zip(matches, [*matches[1:], None]):
-        end = nxt.start() if nxt is not None else len(text)
-        fields.setdefault(m.group(1), text[m.end():end].strip())
-    return fields
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-# ----------------------------------------------------------------------------- records
-# scontrol forgets a job MinJobAge (300 s by default) after it ended, and many clusters keep no
-# accounting (sacct): what submit writes lets status and logs answer for it afterwards.
-
-
-def state_dir() -> Path:
-    """Where razorctl indexes the jobs it submitted, per cluster: ``$XDG_STATE_HOME/razor/slurm``
-    (``~/.local/state/razor/slurm``)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "razor" / "slurm"
-
-
-def cluster_name() -> str:
-    """The cluster sbatch and scontrol talk to (``ClusterName``): job ids are only unique within
-    one, and a login node may reach several."""
-    res = _run(["scontrol", "show", "config"], check=False)
-    m = re.search(r"^ClusterName\s*=\s*(\S+)", res.stdout, re.M)
-    name = m.group(1) if m else "default"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def _index_file(job_id: str, cluster: str | None = None) -> Path:
-    return state_dir() / (cluster or cluster_name()) / f"{job_id}.json"
-
-
-def write_record(rec: dict[str, Any], work_dir: Path) -> list[str]:
-    """The submit's record, in the work dir (:data:`RECORD`) and in the per-user index (by
-    cluster and job id); returns what could not be written (a note: the job runs anyway)."""
-    problems = []
-    for path in (work_dir / RECORD, _index_file(rec["jobId"], rec["cluster"])):
-        try:
-            progress.write_json(path, rec)
-        except OSError as exc:
-            problems.append(f"could not write {path}: {exc.strerror}")
-    return problems
-
-
-def read_record(job_id: str, stdout: str | None = None) -> dict[str, Any] | None:
-    """The record of the job (an array's id for an element): from the index, else from the work
-    dir that SLURM's StdOut (``<workDir>/logs/...``) names; None when neither has it."""
-    candidates = [_index_file(job_id)]
-    if stdout:
-        candidates.append(Path(stdout).parent.parent / RECORD)
-    for path in candidates:
-        doc = progress.read_json(path)
-        if isinstance(doc, dict) and str(doc.get("jobId")) == job_id:
-            return doc
-    return None
-
-
-def _records_by_name(name: str) -> list[str]:
-    """Job ids of the index's records of that name (the RazorJob's or SLURM's), newest first."""
-    folder = state_dir() / cluster_name()
-    ids = []
-    for path in folder.glob("*.json") if folder.is_dir() else []:
-        doc = progress.read_json(path)
-        if isinstance(doc, dict) and name in (doc.get("name"), doc.get("jobName")) and str(doc.get("jobId")).isdigit():
-            ids.append(int(doc["jobId"]))
-    return [str(i) for i in sorted(ids, reverse=True)]
+# ----------------------------------------------------------------------------- razorctl's commands
 
 
 def submit(job: RazorJob, cwd: Path, config: dict | None = None, python: str | None = None,
@@ -309,7 +152,7 @@ def submit(job: RazorJob, cwd: Path, config: dict | None = None, python: str | N
     (work_dir / "logs").mkdir(parents=True, exist_ok=True)
     script = work_dir / slurm.script_name(job)
     script.write_text(text)
-    out = _run(["sbatch", "--parsable", str(script)]).stdout.strip()
+    out = run(["sbatch", "--parsable", str(script)]).stdout.strip()
     job_id = out.split(";")[0]
     if not job_id.isdigit():
         raise SlurmError(f"sbatch answered {out!r}, not a job id")
@@ -334,7 +177,7 @@ def split_ref(job_id: str) -> tuple[str, int | None]:
 
 def _indexes(text: str) -> list[int]:
     """SLURM's array task ids: ``3``, ``1-3``, ``[1-3,5]``, ``1-7%2`` (a throttle)."""
-    return _tasks(text.strip("[]").split("%")[0])
+    return task_ids(text.strip("[]").split("%")[0])
 
 
 def _from_record(job_id: str, rec: dict[str, Any], work_dir: str, nnodes: int) -> JobStatus:
@@ -347,8 +190,8 @@ def _from_record(job_id: str, rec: dict[str, Any], work_dir: str, nnodes: int) -
         return JobStatus(job_id, "", "Unknown", source=where, counters_known=False, work_dir=work_dir,
                          message=f"no node left an end record in {work_dir}/{progress.STATUS_DIR}/ (the job "
                                  f"never started, or its nodes were killed): see razorctl logs --slurm {job_id}")
-    attempt = max(_int(str(e.get("attempt"))) for e in ends.values())
-    last = {r: e for r, e in ends.items() if _int(str(e.get("attempt"))) == attempt}
+    attempt = max(as_int(str(e.get("attempt"))) for e in ends.values())
+    last = {r: e for r, e in ends.items() if as_int(str(e.get("attempt"))) == attempt}
     failed = sorted((e for e in last.values() if e.get("exitCode") != 0), key=lambda e: str(e.get("finishedAt")))
     missing = [r for r in range(nnodes) if r not in last]
     if failed:
@@ -372,8 +215,8 @@ def _with_records(st: JobStatus, work_dir: str | None) -> JobStatus:
         return st
     p = progress.read_progress(work_dir)
     ends = progress.read_node_ends(work_dir)
-    last = max((_int(str(e.get("attempt"))) for e in ends.values()), default=0)
-    failed = [ends[r] for r in sorted(ends) if _int(str(ends[r].get("attempt"))) == last
+    last = max((as_int(str(e.get("attempt"))) for e in ends.values()), default=0)
+    failed = [ends[r] for r in sorted(ends) if as_int(str(ends[r].get("attempt"))) == last
               and ends[r].get("exitCode") not in (0, None)]
     return replace(st, work_dir=work_dir, progress=p.to_status() if p else None, nodes=failed)
 
@@ -393,14 +236,14 @@ def _slurm_rows(job_id: str) -> tuple[str, list[tuple[dict[str, str], list[int |
     """What SLURM knows of the job, row by row, each with the array indexes it stands for
     ([None] for a job that is no array): from scontrol, else squeue, else sacct; ("", []) when
     none knows it."""
-    res = _run(["scontrol", "show", "job", "-o", job_id], check=False)
+    res = run(["scontrol", "show", "job", "-o", job_id], check=False)
     if res.returncode == 0 and res.stdout.strip():
         rows = []
         for line in res.stdout.strip().splitlines():
             f = record_fields(line)
             rows.append((f, _indexes(f["ArrayTaskId"]) if f.get("ArrayTaskId") else [None]))
         return "scontrol", rows
-    res = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%k|%i"], check=False)
+    res = run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%k|%i"], check=False)
     if res.returncode == 0 and res.stdout.strip():
         rows = []
         for line in res.stdout.strip().splitlines():
@@ -409,7 +252,7 @@ def _slurm_rows(job_id: str) -> tuple[str, list[tuple[dict[str, str], list[int |
             f = {"JobState": state, "Reason": reason, "Comment": comment, "Restarts": str(restarts), "JobId": ref}
             rows.append((f, _indexes(ref.partition("_")[2]) if "_" in ref else [None]))
         return "squeue", rows
-    res = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,Reason,Comment"], check=False)
+    res = run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,Reason,Comment"], check=False)
     if res.returncode == 0 and res.stdout.strip():
         rows = []
         for line in res.stdout.strip().splitlines():
@@ -424,7 +267,7 @@ def _slurm_rows(job_id: str) -> tuple[str, list[tuple[dict[str, str], list[int |
 
 def _row_status(ref: str, f: dict[str, str], source: str) -> JobStatus:
     return _status(ref, f.get("JobState", "UNKNOWN"), f.get("Reason", ""), f.get("ExitCode", ""), source,
-                   _int(f.get("Restarts")), f.get("Comment", ""), f.get("ExcNodeList", ""))
+                   as_int(f.get("Restarts")), f.get("Comment", ""), f.get("ExcNodeList", ""))
 
 
 def status(job_id: str) -> JobStatus:
@@ -436,7 +279,7 @@ def status(job_id: str) -> JobStatus:
     stdout = next((f.get("StdOut") for f, _ in rows if f.get("StdOut")), None)
     rec = read_record(base, stdout)
     elements = {e["index"]: e for e in (rec or {}).get("elements", [])}
-    nnodes = _int(str((rec or {}).get("nnodes", 1)))
+    nnodes = as_int(str((rec or {}).get("nnodes", 1)))
     if not elements or (rows and rows[0][1] == [None]):
         if rows:
             st = _row_status(job_id, rows[0][0], source)
@@ -474,26 +317,26 @@ def find(name_or_id: str) -> str:
     base, index = split_ref(name_or_id)
     if base.isdigit() and (index is not None or "_" not in name_or_id):
         return name_or_id
-    res = _run(["squeue", "-h", "-n", name_or_id, "-o", "%F"], check=False)
+    res = run(["squeue", "-h", "-n", name_or_id, "-o", "%F"], check=False)
     ids = sorted({int(i) for i in res.stdout.split() if i.isdigit()}, reverse=True)
     if not ids:
-        res = _run(["sacct", "-n", "-X", "-P", "--name", name_or_id, "-o", "JobID"], check=False)
+        res = run(["sacct", "-n", "-X", "-P", "--name", name_or_id, "-o", "JobID"], check=False)
         ids = sorted({int(i.partition("_")[0]) for i in res.stdout.split() if i.partition("_")[0].isdigit()},
                      reverse=True)
     if ids:
         return str(ids[0])
-    recorded = _records_by_name(name_or_id)
+    recorded = records_by_name(name_or_id)
     if recorded:
         return recorded[0]
     raise SlurmError(f"no SLURM job named {name_or_id!r} (give the job id instead)")
 
 
 def cancel(job_id: str) -> None:
-    _run(["scancel", job_id])
+    run(["scancel", job_id])
 
 
 def jobs() -> str:
-    return _run(["squeue", "-o", "%.10i %.24j %.10T %.6D %.10M %R"]).stdout
+    return run(["squeue", "-o", "%.10i %.24j %.10T %.6D %.10M %R"]).stdout
 
 
 def wait(job_id: str, timeout: float, interval: float = 1.0) -> JobStatus:
@@ -513,7 +356,7 @@ def log_file(job_id: str, rank: int | None) -> Path:
     """The batch script's log (``rank`` None) or node ``rank``'s: from the submit's record, else
     from scontrol's StdOut. A sweep's log is an element's: ``42_3``."""
     base, index = split_ref(job_id)
-    res = _run(["scontrol", "show", "job", "-o", job_id], check=False)
+    res = run(["scontrol", "show", "job", "-o", job_id], check=False)
     f = record_fields(res.stdout.strip().splitlines()[0]) if res.returncode == 0 and res.stdout.strip() else {}
     rec = read_record(base, f.get("StdOut"))
     if rec is not None:
@@ -554,241 +397,6 @@ def logs(job_id: str, rank: int | None, follow: bool, out: IO[str]) -> None:
         time.sleep(1)
 
 
-# ----------------------------------------------------------------------------- in the job: the policy
-# What the sbatch script runs when srun ends with a failure (razor.slurm renders the call).
-
-#: ``srun: error: node2: task 1: Exited with exit code 3``, ``srun: error: vm: tasks 0-1: Killed``.
-_TASK = re.compile(r"^srun: error: (?P<host>\S+): tasks? (?P<tasks>[\d,\-]+): (?P<what>.+?)\s*$")
-#: srun ends the step after the first task that failed (--kill-on-bad-exit): what ends after it
-#: was stopped by SLURM (a rank stopped so exits 75: no disruption, a consequence).
-_STEP_STOP = re.compile(r"Terminating (job )?StepId|\*\*\* STEP \S+ ON \S+ CANCELLED|Force Terminated")
-#: ``srun: error: Node failure on node2``.
-_NODE_FAILURE = re.compile(r"srun: error: Node failure on (?P<host>\S+)")
-_SIGNAL_TEXT = {signal.strsignal(s): s for s in signal.Signals if signal.strsignal(s)}
-
-
-@dataclass(frozen=True)
-class TaskEnd:
-    """One task (one node: --ntasks-per-node=1, so its task id is its node rank) as srun reported it."""
-
-    rank: int
-    host: str
-    exit_code: int | None    # None: its node failed
-    reason: str | None = None
-
-
-def _tasks(spec: str) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit():
-            out += list(range(int(lo), int(hi) + 1)) if hi.isdigit() else [int(lo)]
-    return out
-
-
-def srun_report(text: str) -> tuple[list[TaskEnd], list[TaskEnd]]:
-    """The tasks srun reports ended badly, in the order it saw them end: those before srun stopped
-    the step (the attempt's failures), and those after (stopped because of them)."""
-    before: list[TaskEnd] = []
-    after: list[TaskEnd] = []
-    stopped = False
-    for line in text.splitlines():
-        if _STEP_STOP.search(line):
-            stopped = True
-            continue
-        failure = _NODE_FAILURE.search(line)
-        m = _TASK.match(line.strip())
-        if failure:
-            (after if stopped else before).append(TaskEnd(-1, failure.group("host"), None, "NodeFailure"))
-            continue
-        if not m:
-            continue
-        what = m.group("what").removesuffix("(core dumped)").strip()
-        code = re.fullmatch(r"Exited with exit code (\d+)", what)
-        if code:
-            exit_code, reason = int(code.group(1)), None
-        elif what in _SIGNAL_TEXT:
-            exit_code, reason = 128 + _SIGNAL_TEXT[what], _SIGNAL_TEXT[what].name
-        else:
-            exit_code, reason = 1, what
-        for rank in _tasks(m.group("tasks")):
-            (after if stopped else before).append(TaskEnd(rank, m.group("host"), exit_code, reason))
-    return before, after
-
-
-def node_usable(state: str) -> bool:
-    """Whether a node in ``state`` (scontrol's State, sinfo's %T) can run an attempt."""
-    up = state.upper()
-    return not up.endswith("*") and not any(word in up for word in UNUSABLE_NODE)
-
-
-def failed_ranks(before: list[TaskEnd], srun_code: int, nodes: dict[str, tuple[str, str]],
-                 job_nodes: list[str], now: datetime, messages: dict[int, str] | None = None) -> list[RankOutcome]:
-    """razor.policy's view of a failed attempt: each task srun saw fail before it stopped the
-    step, in order (a node that is down or not responding now: that rank was lost with it, a
-    disruption). ``nodes``: the state and reason of the nodes named; ``job_nodes``: the
-    allocation's hosts, in node-rank order; ``messages``: what each node's razor.node said of
-    its failure (its end record: a rank's exception, a stall), by node rank."""
-    messages = messages or {}
-    out = []
-    for i, t in enumerate(before):
-        when = now - timedelta(milliseconds=len(before) - i)  # srun's order is the order they ended
-        rank = t.rank if t.rank >= 0 else (job_nodes.index(t.host) if t.host in job_nodes else 0)
-        state, why = nodes.get(t.host, ("", ""))
-        if t.exit_code is None or (state and not node_usable(state)):
-            why = f" ({why})" if why and why != "(null)" else ""
-            detail = f"node {t.host} is {state or 'lost'}{why}".replace("=", ":")
-            out.append(RankOutcome(rank, None, None, when, "NodeFail", t.host, t.host, detail))
-        else:
-            detail = "stopped on a signal (checkpoint saved)" if t.exit_code == EXIT_PREEMPTED else messages.get(rank)
-            out.append(RankOutcome(rank, t.exit_code, t.reason, when, None, t.host, t.host, detail))
-    if not out:
-        out.append(RankOutcome(0, srun_code or 1, None, now, detail="srun named no task that failed"))
-    return out
-
-
-def node_messages(work_dir: str | None, attempt: int) -> dict[int, str]:
-    """The failure messages the nodes of ``attempt`` left in the work dir (razor.node's end
-    records), by node rank: the first line only (the Comment that keeps it is one line; the
-    status shows the rest)."""
-    if not work_dir:
-        return {}
-    out = {}
-    for rank, end in progress.read_node_ends(work_dir).items():
-        if _int(str(end.get("attempt"))) == attempt and end.get("exitCode") and end.get("message"):
-            out[rank] = str(end["message"]).splitlines()[0]
-    return out
-
-
-def _scontrol_record(kind: str, name: str) -> dict[str, str]:
-    res = _run(["scontrol", "show", kind, "-o", name], check=False)
-    lines = res.stdout.strip().splitlines() if res.returncode == 0 else []
-    return record_fields(lines[0]) if lines else {}
-
-
-def _hostnames(expr: str) -> list[str]:
-    if not expr or expr in ("(null)", "None"):
-        return []
-    return _run(["scontrol", "show", "hostnames", expr], check=False).stdout.split()
-
-
-def exclusion(culprit: RankOutcome, failure_class: FailureClass, rec: dict[str, str],
-              nnodes: int) -> tuple[str | None, str]:
-    """The ExcNodeList of the next attempt without the culprit's node (None: unchanged), and what
-    to add to the message: a counted failure or a lost node is kept away from the next attempts,
-    as long as the job's partition keeps enough usable nodes for it (else it would wait forever)."""
-    node = culprit.node
-    if node is None or not (failure_class is FailureClass.FAILURE or culprit.disruption == "NodeFail"):
-        return None, ""
-    excluded = _hostnames(rec.get("ExcNodeList", ""))
-    if node in excluded:
-        return None, ""
-    partition = rec.get("Partition", "")
-    res = _run(["sinfo", "-h", "-N", *(["-p", partition] if partition else []), "-o", "%N %T"], check=False)
-    states = dict(line.split(None, 1) for line in res.stdout.splitlines() if len(line.split()) == 2)
-    usable = [n for n, st in states.items() if n != node and n not in excluded and node_usable(st)]
-    if len(usable) < nnodes:
-        return None, (f"; node {node} not excluded: partition {partition or '(default)'} would keep "
-                      f"{len(usable)} usable node(s) for {nnodes}")
-    return ",".join([*excluded, node]), f"; node {node} excluded from the next attempts"
-
-
-def after_srun(srun_code: int, srun_log: Path, policy: Policy, nnodes: int,
-               environ: dict[str, str] | None = None, out: IO[str] | None = None) -> int:
-    """In the job, after srun failed: the verdict of razor.policy, done. Returns the batch
-    script's exit code (the failure's, when the job fails)."""
-    env = os.environ if environ is None else environ
-    out = out or sys.stdout
-
-    def say(text: str) -> None:
-        print(f"razor: {text}", file=out, flush=True)
-
-    job_id = env["SLURM_JOB_ID"]
-    restarted = _int(env.get("SLURM_RESTART_COUNT"))
-    attempt = restarted + 1
-
-    def slurm_ends_it(rec: dict[str, str]) -> bool:
-        """Whether SLURM itself is ending the job (cancelled, preempted, a node failed): then it
-        decides what comes next, and razor must not requeue a job its user cancelled."""
-        state = rec.get("JobState", "")
-        if state and state != "RUNNING":
-            say(f"SLURM is ending attempt {attempt} itself ({state}): it decides what comes next")
-            return True
-        return False
-
-    # The script ignores SIGTERM for the requeue's sake; until then, a cancel must end this too.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    rec = _scontrol_record("job", job_id)
-    if slurm_ends_it(rec):
-        return srun_code
-    try:
-        text = srun_log.read_text(errors="replace")
-    except OSError:
-        text = ""
-    before, _ = srun_report(text)
-    nodes = {}
-    for host in {t.host for t in before}:
-        node = _scontrol_record("node", host)
-        nodes[host] = (node.get("State", ""), node.get("Reason", ""))
-    outcomes = failed_ranks(before, srun_code, nodes, _hostnames(env.get("SLURM_JOB_NODELIST", "")),
-                            datetime.now(timezone.utc), node_messages(env.get("RAZOR_WORK_DIR"), attempt))
-    restarts = counters(restarted, rec.get("Comment"))
-    verdict = on_failure(policy, outcomes, restarts, attempt, nnodes)
-
-    def comment(phase: Phase, next_attempt: int, r: Restarts, message: str) -> None:
-        retryable = r.total - r.counted - r.disruptions
-        text = CommentState(phase.value, next_attempt, r.counted, retryable, message).text()
-        res = _run(["scontrol", "update", f"JobId={job_id}", f"Comment={text}"], check=False)
-        if res.returncode != 0:
-            say(f"could not record the restart counters in the job's Comment: {res.stderr.strip()}")
-
-    if verdict.action is Action.FAIL:
-        comment(Phase.FAILED, attempt, restarts, verdict.message)
-        say(verdict.message)
-        return verdict.culprit.exit_code or srun_code or 1
-    exclude, note = exclusion(verdict.culprit, verdict.failure_class, rec, nnodes)
-    message = verdict.message + note
-    comment(Phase.RESTARTING, attempt + 1, verdict.restarts, message)
-    say(message)
-    if slurm_ends_it(_scontrol_record("job", job_id)):  # cancelled meanwhile: no requeue
-        return srun_code
-    # scontrol requeue ends this job's processes with SIGTERM: this one sets the next attempt up
-    # first (the job is COMPLETING, then PENDING; SIGKILL comes KillWait later).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    res = _run(["scontrol", "requeue", job_id], check=False)
-    if res.returncode != 0:
-        say(f"scontrol requeue {job_id} failed: {(res.stderr or res.stdout).strip()}; the job ends here")
-        return verdict.culprit.exit_code or srun_code or 1
-    if verdict.delay > 0:
-        _run(["scontrol", "update", f"JobId={job_id}", f"StartTime=now+{int(-(-verdict.delay // 1))}"], check=False)
-    if exclude:
-        res = _run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={exclude}"], check=False)
-        if res.returncode != 0:
-            say(f"could not exclude node(s) {exclude}: {(res.stderr or res.stdout).strip()}")
-    return srun_code
-
-
-def _codes(text: str) -> frozenset[int]:
-    return frozenset(int(c) for c in text.split(",") if c.strip())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m razor.backends.slurm after-srun ...``: what the sbatch script runs after srun failed."""
-    parser = argparse.ArgumentParser(prog="python -m razor.backends.slurm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("after-srun", help="the failure policy, in the job, after srun failed")
-    p.add_argument("--exit-code", type=int, required=True, help="srun's exit code")
-    p.add_argument("--srun-log", type=Path, required=True, help="srun's own stderr")
-    p.add_argument("--nnodes", type=int, required=True)
-    p.add_argument("--backoff-limit", type=int, required=True)
-    p.add_argument("--permanent-exit-codes", default="")
-    p.add_argument("--retryable-exit-codes", default="")
-    p.add_argument("--restart-backoff-seconds", type=float, required=True)
-    p.add_argument("--restart-backoff-max-seconds", type=float, required=True)
-    args = parser.parse_args(argv)
-    policy = Policy(args.backoff_limit, _codes(args.permanent_exit_codes), _codes(args.retryable_exit_codes),
-                    args.restart_backoff_seconds, args.restart_backoff_max_seconds)
-    return after_srun(args.exit_code, args.srun_log, policy, args.nnodes)
 
 
 class SlurmBackend(Backend):
@@ -875,5 +483,9 @@ class SlurmBackend(Backend):
         return 0 if st.phase == "Succeeded" else 1
 
 
+# The sbatch scripts of jobs submitted before razor.backends.slurm_job existed (requeued, they
+# run again with this razor) call ``python -m razor.backends.slurm after-srun``.
 if __name__ == "__main__":
+    from .slurm_job import main
+
     sys.exit(main())
