@@ -1,4 +1,5 @@
-"""Kubernetes objects of a RazorJob: one headless Service and one pod per node. Pure functions.
+"""Kubernetes objects of a RazorJob: one headless Service, one pod per node, and for a gang
+scheduler (spec.gang) the job's PodGroup. Pure functions.
 
 Names are deterministic (JobSet's convention): the Service is ``<job>``, the pods
 ``<job>-<rank>`` with ``hostname: <job>-<rank>`` and ``subdomain: <job>``, so the master is
@@ -33,6 +34,22 @@ TERMINATION_LOG = "/dev/termination-log"
 #: kubelet silent, or not ready); the taint eviction controller then evicts the pods that do not
 #: tolerate them, after their ``tolerationSeconds`` (300 by default, DefaultTolerationSeconds).
 NODE_LOST_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+#: The PodGroup each gang scheduler reads (spec.gang): (group, version); the kind is PodGroup and
+#: the resource podgroups in all three. native: Kubernetes' own (1.36+, the GenericWorkload and
+#: GangScheduling feature gates, the API group scheduling.k8s.io/v1alpha2 on); volcano: Volcano's;
+#: coscheduling: the scheduler-plugins coscheduler's.
+POD_GROUP_APIS = {
+    "native": ("scheduling.k8s.io", "v1alpha2"),
+    "volcano": ("scheduling.volcano.sh", "v1beta1"),
+    "coscheduling": ("scheduling.x-k8s.io", "v1alpha1"),
+}
+POD_GROUP_KIND = "PodGroup"
+POD_GROUP_PLURAL = "podgroups"
+#: How the pods name their PodGroup: Volcano's annotation, the coscheduler's label (native: the
+#: pod's spec.schedulingGroup.podGroupName).
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_SCHEDULER = "volcano"
 
 
 def master_addr(job: RazorJob, namespace: str) -> str:
@@ -125,6 +142,39 @@ def progress_volume() -> dict[str, Any]:
         "audience": PROGRESS_AUDIENCE, "expirationSeconds": PROGRESS_TOKEN_SECONDS, "path": "token"}}]}}
 
 
+def pod_group_name(job: RazorJob) -> str:
+    """The job's PodGroup: one per job, named after it, kept across gang restarts."""
+    return job.name
+
+
+def pod_group(job: RazorJob, namespace: str, uid: str | None = None) -> dict[str, Any] | None:
+    """The PodGroup the job's gang scheduler reads (spec.gang), or None for gang none: all
+    ``nnodes`` pods or none of them (minCount / minMember = nnodes)."""
+    gang = job.spec.gang
+    if gang not in POD_GROUP_APIS:
+        return None
+    group, version = POD_GROUP_APIS[gang]
+    n = job.spec.nnodes
+    if gang == "native":
+        spec: dict[str, Any] = {"schedulingPolicy": {"gang": {"minCount": n}}}
+    else:  # Volcano's and the coscheduler's PodGroupSpec both call it minMember
+        spec = {"minMember": n}
+    return {"apiVersion": f"{group}/{version}", "kind": POD_GROUP_KIND,
+            "metadata": _meta(job, pod_group_name(job), namespace, uid, {}), "spec": spec}
+
+
+def _link_to_pod_group(job: RazorJob, meta: dict[str, Any], pod_spec: dict[str, Any]) -> None:
+    """Name the job's PodGroup in a pod, the way its gang scheduler looks for it."""
+    gang, name = job.spec.gang, pod_group_name(job)
+    if gang == "native":
+        pod_spec["schedulingGroup"] = {"podGroupName": name}
+    elif gang == "volcano":
+        meta["annotations"] = {**meta.get("annotations", {}), VOLCANO_GROUP_ANNOTATION: name}
+        pod_spec.setdefault("schedulerName", VOLCANO_SCHEDULER)
+    elif gang == "coscheduling":
+        meta["labels"][COSCHEDULING_GROUP_LABEL] = name
+
+
 def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attempt: int = 1,
         port: int | None = None, progress_url: str | None = None) -> dict[str, Any]:
     spec = job.spec
@@ -182,12 +232,15 @@ def pod(job: RazorJob, rank: int, namespace: str, uid: str | None = None, attemp
         # The trainer never calls the API (its progress token is for the operator only).
         pod_spec["automountServiceAccountToken"] = False
     labels = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": _meta(job, pod_name(job, rank), namespace, uid, labels), "spec": pod_spec}
+    meta = _meta(job, pod_name(job, rank), namespace, uid, labels)
+    _link_to_pod_group(job, meta, pod_spec)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 
 def objects(job: RazorJob, namespace: str, uid: str | None = None, attempt: int = 1,
             port: int | None = None, progress_url: str | None = None) -> list[dict[str, Any]]:
-    """What the operator creates for a job: the Service, then every rank's pod."""
-    return [service(job, namespace, uid, port),
+    """What the operator creates for a job: the Service, its PodGroup (spec.gang), then every
+    rank's pod."""
+    group = pod_group(job, namespace, uid)
+    return [service(job, namespace, uid, port), *([group] if group else []),
             *(pod(job, r, namespace, uid, attempt, port, progress_url) for r in range(job.spec.nnodes))]

@@ -442,6 +442,14 @@ class RazorJobSpec(_Model):
     affinity: dict[str, Any] = Field(default_factory=dict)
     priority_class_name: str | None = None
     scheduler_name: str | None = None
+    gang: Literal["none", "native", "volcano", "coscheduling"] = Field(
+        "none",
+        description="All-or-nothing scheduling of the job's pods (Kubernetes): none; native (a PodGroup "
+                    "scheduling.k8s.io/v1alpha2 with a gang policy, Kubernetes 1.36+ with GenericWorkload and "
+                    "GangScheduling on); volcano (a Volcano PodGroup, schedulerName volcano unless the job "
+                    "names one); coscheduling (a scheduler-plugins PodGroup). minCount/minMember = nnodes. "
+                    "Ignored by --local and --slurm (SLURM allocates all nodes or none).",
+    )
     service_account_name: str | None = None
     pod_security_context: dict[str, Any] = Field(
         default_factory=dict,
@@ -632,7 +640,7 @@ class RazorJob(BaseModel):
 CLUSTER_DEFAULTS = (
     "image", "port", "backoffLimit", "permanentExitCodes", "masterAddrTimeoutSeconds",
     "terminationGracePeriodSeconds", "activeDeadlineSeconds", "ttlSecondsAfterFinished",
-    "nodeSelector", "tolerations", "priorityClassName", "schedulerName", "serviceAccountName",
+    "nodeSelector", "tolerations", "priorityClassName", "schedulerName", "gang", "serviceAccountName",
     "podSecurityContext", "nodeLostTimeoutSeconds", "retryableExitCodes", "restartBackoffSeconds",
     "restartBackoffMaxSeconds", "progressTimeoutSeconds",
 )

@@ -67,12 +67,24 @@ CONTROLLERS = (
     # are evicted after their tolerationSeconds (tests/k8s: a lost node).
     "node-lifecycle-controller",
     "taint-eviction-controller",
+    # GenericWorkload: kube-apiserver puts the finalizer scheduling.k8s.io/podgroup-protection on
+    # every PodGroup; this controller takes it off once no pod names the group (else a deleted
+    # job's PodGroup would stay forever).
+    "podgroup-protection-controller",
 )
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 #: The ClusterIP of the ``kubernetes`` Service (the range's first address): in-cluster clients'
 #: KUBERNETES_SERVICE_HOST, so it is in the serving certificate.
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 CONTEXT = "razor-test"
+#: Kubernetes' own gang scheduling (1.36: alpha, off by default), as docs/kubernetes.md#gang-scheduling
+#: asks an admin to turn it on: the Workload and PodGroup API (scheduling.k8s.io/v1alpha2) served
+#: by kube-apiserver, the pods' spec.schedulingGroup kept (GenericWorkload), and kube-scheduler's
+#: GangScheduling plugin, and kube-controller-manager's podgroup-protection controller (which
+#: removes the finalizer kube-apiserver puts on each PodGroup once no pod names it). The kubelet
+#: needs no gate.
+FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
+RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
 #: Users of the components, by bearer token: (user, groups). RBAC's bootstrap bindings (and the
 #: Node authorizer for kubelets) give each what it needs, as on a real cluster.
 COMPONENT_USERS = {
@@ -429,6 +441,7 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
             "--profiling=false",
+            f"--feature-gates={FEATURE_GATES}", f"--runtime-config={RUNTIME_CONFIG}",
         ]
         if loopback:
             # Loopback cannot be the kubernetes Service's endpoint: no reconciler, no error loop.
@@ -501,6 +514,7 @@ class ControlPlane:
             f"--root-ca-file={self.ca_file}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--profiling=false",
+            f"--feature-gates={FEATURE_GATES}",
             *self.controller_flags,
         ]
         kcm = _Process("kube-controller-manager",
@@ -521,7 +535,7 @@ class ControlPlane:
             f"--authentication-kubeconfig={self.component_kubeconfig('kube-scheduler')}",
             f"--authorization-kubeconfig={self.component_kubeconfig('kube-scheduler')}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={port}",
-            "--profiling=false",
+            "--profiling=false", f"--feature-gates={FEATURE_GATES}",
         ]
         sched = _Process("kube-scheduler", [str(self.bin_dir / "kube-scheduler"), *self.flags["kube-scheduler"]],
                          self.dir / "kube-scheduler.log")

@@ -13,6 +13,9 @@ What is real and what pretends (docs/testing.md says the same):
   (scripts/k8s-binaries.sh), Debian's containerd and runc, Debian's CNI plugins (bridge,
   host-local; containerd adds loopback), CoreDNS with its ``kubernetes`` plugin
   (scripts/node-tools.sh).
+- Kubernetes' own gang scheduling is on (kube_cluster.FEATURE_GATES on kube-apiserver,
+  kube-controller-manager and kube-scheduler, kube_cluster.RUNTIME_CONFIG on kube-apiserver):
+  the PodGroup API scheduling.k8s.io/v1alpha2 and kube-scheduler's GangScheduling plugin.
 - The node is a network namespace (``razor-node``), not a machine: the node's processes run on this
   host's filesystem and PID namespace, but everything they and the pods send goes over the
   namespace's own interfaces. The control plane listens on the host side of a veth pair

@@ -216,3 +216,74 @@ def test_the_crd_has_the_progress_and_its_column():
                                            "metrics", "samplesPerSecond", "lastUpdateTime", "attempt"}
     assert progress["properties"]["metrics"]["additionalProperties"] == {"type": "number"}
     assert progress["properties"]["percent"]["maximum"] == 100
+
+
+# ---- spec.gang: the job's PodGroup and the pods' link to it --------------------------------------
+
+
+def gang_job(gang: str, **spec):
+    return parse_job(job_doc("kd", config="c.yaml", nnodes=4, gang=gang, **spec))
+
+
+def test_gang_objects_golden():
+    """One golden file for the three gang schedulers: the PodGroup each reads and rank 0's pod."""
+    docs = []
+    for gang in ("native", "volcano", "coscheduling"):
+        _svc, group, pod0, *_ = kube.objects(gang_job(gang), "ml", uid="1234-uid")
+        docs += [group, {"metadata": pod0["metadata"],
+                         "spec": {k: pod0["spec"][k] for k in ("schedulingGroup", "schedulerName")
+                                  if k in pod0["spec"]}}]
+    check_golden("k8s-gang-podgroups.yaml", yaml.safe_dump_all(docs, sort_keys=False))
+
+
+def test_no_gang_no_pod_group_and_no_link():
+    objs = kube.objects(gang_job("none"), "ml", uid="u")
+    assert [o["kind"] for o in objs] == ["Service", "Pod", "Pod", "Pod", "Pod"]
+    assert kube.pod_group(gang_job("none"), "ml") is None
+    pod = objs[1]
+    assert "schedulingGroup" not in pod["spec"] and "schedulerName" not in pod["spec"]
+    assert kube.COSCHEDULING_GROUP_LABEL not in pod["metadata"]["labels"]
+    assert kube.VOLCANO_GROUP_ANNOTATION not in pod["metadata"].get("annotations", {})
+
+
+def test_native_gang_pod_group_has_min_count_nnodes_and_is_owned_by_the_job():
+    job = gang_job("native")
+    svc, group, *pods = kube.objects(job, "ml", uid="u")
+    assert group["apiVersion"] == "scheduling.k8s.io/v1alpha2" and group["kind"] == "PodGroup"
+    assert group["metadata"]["name"] == "kd" and group["metadata"]["namespace"] == "ml"
+    assert group["spec"] == {"schedulingPolicy": {"gang": {"minCount": 4}}}
+    assert group["metadata"]["ownerReferences"] == [kube.owner_reference(job, "u")]
+    assert group["metadata"]["labels"] == svc["metadata"]["labels"]
+    assert len(pods) == 4 and all(p["spec"]["schedulingGroup"] == {"podGroupName": "kd"} for p in pods)
+    # razorctl render (no uid known): no ownerReference
+    assert "ownerReferences" not in kube.pod_group(job, "ml")["metadata"]
+
+
+def test_volcano_gang_annotates_the_pods_and_picks_volcano_unless_the_job_names_a_scheduler():
+    _, group, pod, *_ = kube.objects(gang_job("volcano"), "ml", uid="u")
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1" and group["spec"] == {"minMember": 4}
+    assert pod["metadata"]["annotations"] == {"scheduling.k8s.io/group-name": "kd"}
+    assert pod["spec"]["schedulerName"] == "volcano"
+    own = parse_job(job_doc("kd", config="c.yaml", nnodes=2, gang="volcano", schedulerName="volcano-gpu"))
+    assert kube.pod(own, 0, "ml")["spec"]["schedulerName"] == "volcano-gpu"
+    mine = parse_job({**job_doc("kd", config="c.yaml", nnodes=2, gang="volcano"),
+                      "metadata": {"name": "kd", "annotations": {"a": "b"}}})
+    assert kube.pod(mine, 0, "ml")["metadata"]["annotations"] == {"a": "b", "scheduling.k8s.io/group-name": "kd"}
+    assert mine.metadata.annotations == {"a": "b"}  # the job's own mapping is not changed
+
+
+def test_coscheduling_gang_labels_the_pods():
+    _, group, pod, *_ = kube.objects(gang_job("coscheduling", schedulerName="scheduler-plugins-scheduler"),
+                                     "ml", uid="u")
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["spec"] == {"minMember": 4}
+    assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "kd"
+    assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    assert "annotations" not in pod["metadata"] and "schedulingGroup" not in pod["spec"]
+
+
+def test_razorctl_render_shows_the_pod_group():
+    from razor.backends import kubernetes
+
+    items = yaml.safe_load_all(kubernetes.render(gang_job("native"), "ml"))
+    assert [(o["kind"], o["metadata"]["name"]) for o in items][:3] == [("Service", "kd"), ("PodGroup", "kd"),
+                                                                        ("Pod", "kd-0")]

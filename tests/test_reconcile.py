@@ -583,3 +583,50 @@ def test_a_long_message_keeps_its_first_line_and_its_last_lines():
     assert out[:2] == [lines[0], "..."] and out[-1] == "RuntimeError: NCCL error" and out[-2] == lines[-2]
     assert rec.bounded("short\n\n  message  \n") == "short\n  message"
     assert rec.bounded("x" * 2000).startswith("x" * 100) and len(rec.bounded("x" * 2000)) <= rec.DETAIL_MAX
+
+
+# ---- spec.gang: the PodGroup before the pods; why pods wait for the scheduler -------------------
+
+
+def unschedulable(rank, why="0/1 nodes are available: 1 Insufficient example.com/slot.", node=None):
+    return PodState(f"kd-{rank}", rank, 1, "Pending", node=node, unschedulable=why)
+
+
+def test_a_gang_job_gets_its_pod_group_with_the_pods_of_every_attempt():
+    d = decide(job(gang="native"), None, [], NOW, service_exists=False)
+    assert d.create_pod_group and d.create_ranks == [0, 1, 2, 3]
+    assert not decide(job(), None, [], NOW, service_exists=False).create_pod_group       # gang none
+    assert not decide(job(gang="volcano"), {"attempt": 1, "phase": "Pending"}, pods("Pending"), NOW).create_pod_group
+    # a restart's next attempt: created again (409: it exists, kept from attempt 1)
+    d = decide(job(gang="coscheduling"), {"attempt": 2, "phase": "Restarting", "restarts": 1}, [], NOW)
+    assert d.create_pod_group and d.create_ranks == [0, 1, 2, 3]
+
+
+def test_the_pod_reads_why_the_scheduler_cannot_place_it():
+    pod = {"metadata": {"name": "kd-1", "labels": {"razor.dev/node-rank": "1", "razor.dev/attempt": "1"}},
+           "status": {"phase": "Pending", "conditions": [
+               {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available:\n 1 Insufficient example.com/slot."}]}}
+    assert PodState.from_pod(pod).unschedulable == "0/1 nodes are available: 1 Insufficient example.com/slot."
+    pod["status"]["conditions"][0]["status"] = "True"
+    assert PodState.from_pod(pod).unschedulable is None
+
+
+def test_a_gang_that_cannot_fit_says_so_and_that_none_of_it_is_placed():
+    states = [unschedulable(r, "0/1 nodes are available: 1 Insufficient example.com/slot.") for r in range(4)]
+    d = decide(job(gang="native"), {"attempt": 1, "phase": "Pending", "message": "waiting for 4 of 4 rank(s) to run "
+                                    "(attempt 1)"}, states, NOW)
+    assert d.status["phase"] == "Pending"
+    assert d.status["message"] == ("waiting for the gang: 0 of 4 pods scheduled (gang native, all 4 or none; "
+                                   "attempt 1): 0/1 nodes are available: 1 Insufficient example.com/slot.")
+
+
+def test_without_a_gang_the_pods_that_fit_are_placed_and_the_status_names_the_one_that_waits():
+    states = [PodState(f"kd-{r}", r, 1, "Pending", node="n1") for r in range(3)] + [unschedulable(3)]
+    d = decide(job(), {"attempt": 1, "phase": "Pending"}, states, NOW)
+    assert d.status["message"] == ("waiting for the scheduler: 3 of 4 pods scheduled, 1 unschedulable (rank 3; "
+                                   "attempt 1): 0/1 nodes are available: 1 Insufficient example.com/slot.")
+    # once it is placed, the plain message is back
+    states[3] = PodState("kd-3", 3, 1, "Pending", node="n1")
+    d = decide(job(), {"attempt": 1, "phase": "Pending", "message": d.status["message"]}, states, NOW)
+    assert d.status["message"] == "waiting for 4 of 4 rank(s) to run (attempt 1)"

@@ -25,6 +25,8 @@ from .world import World
 
 #: Status fields that others write (the pods' progress reports): never in a reconcile's patch.
 REPORTED = frozenset({"progress"})
+#: Seconds before a job whose PodGroup could not be created (its API not served) tries again.
+POD_GROUP_RETRY = 30.0
 
 
 def _owned(pod: dict[str, Any], uid: str) -> bool:
@@ -77,6 +79,20 @@ def _apply(world: World, body: dict[str, Any], job, namespace: str, uid: str, d:
         world.api.delete_pod(namespace, pod, job.spec.termination_grace_period_seconds)
     if d.create_service:
         world.api.create_service(namespace, kube.service(job, namespace, uid, port))
+    if d.create_pod_group and not world.api.create_pod_group(namespace, kube.pod_group(job, namespace, uid)):
+        # No pod before its PodGroup (a gang pod would wait for it, or be scheduled alone): the
+        # job waits, says why, and tries again later (the admin may install or enable the API).
+        group, version = kube.POD_GROUP_APIS[job.spec.gang]
+        d.create_ranks = []
+        d.status["phase"] = Phase.PENDING.value
+        d.status["message"] = (f"cannot create the PodGroup for gang {job.spec.gang}: the API server serves no "
+                               f"podgroups in {group}/{version} (see docs/kubernetes.md#gang-scheduling); "
+                               f"trying again in {POD_GROUP_RETRY:.0f}s")
+        d.status["ranksByPhase"] = {"pending": job.spec.nnodes, "running": 0, "succeeded": 0, "failed": 0}
+        if int(d.status.get("attempt", 1)) == 1:  # nothing was created: not yet Created
+            d.status["conditions"] = [c for c in d.status.get("conditions") or [] if c["type"] != "Created"]
+            d.events = [e for e in d.events if e[1] != "Created"]
+        d.wake(POD_GROUP_RETRY)
     if d.create_ranks:
         attempt = int(d.status.get("attempt", 1))
         bodies = [kube.pod(job, r, namespace, uid, attempt, port, world.progress_url) for r in d.create_ranks]

@@ -96,6 +96,9 @@ class PodState:
     #: Its container's termination message (razor.node's failure message through
     #: /dev/termination-log, else the log's tail: FallbackToLogsOnError), bounded.
     message: str | None = None
+    #: Why the scheduler has not placed it yet: its PodScheduled=False condition's message (or
+    #: reason): "0/1 nodes are available: 1 Insufficient example.com/slot", a gang that cannot fit.
+    unschedulable: str | None = None
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> "PodState | None":
@@ -130,12 +133,17 @@ class PodState:
         if (status.get("phase") == Phase.RUNNING and ready is not None and ready.get("status") == "False"
                 and containers and all(cs.get("ready") for cs in containers)):
             unreachable_since = _parse_ts(ready.get("lastTransitionTime"))
+        scheduled = next((c for c in conditions if c.get("type") == "PodScheduled"), None)
+        unschedulable = None
+        if scheduled is not None and scheduled.get("status") == "False":
+            unschedulable = " ".join((scheduled.get("message") or scheduled.get("reason") or "unschedulable").split())
         return cls(meta.get("name", ""), rank, attempt, status.get("phase") or Phase.PENDING.value, code,
                    reason or status.get("reason"), bool(meta.get("deletionTimestamp")),
                    (pod.get("spec") or {}).get("nodeName"), meta.get("uid"),
                    _parse_ts(meta.get("deletionTimestamp")), None if grace is None else int(grace),
                    disruption, unreachable_since, finished,
-                   _parse_ts(target.get("lastTransitionTime")) if target else None, message)
+                   _parse_ts(target.get("lastTransitionTime")) if target else None, message,
+                   bounded(unschedulable, 300) if unschedulable else None)
 
     @property
     def done(self) -> bool:
@@ -157,6 +165,8 @@ class PodState:
 @dataclass
 class Decision:
     create_service: bool = False
+    #: Create the job's PodGroup (spec.gang) before the pods: one per job, kept across restarts.
+    create_pod_group: bool = False
     create_ranks: list[int] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     #: Pods to delete with grace 0 (name: uid, a precondition): their deletion was never confirmed.
@@ -510,6 +520,9 @@ def _creation(v: _View, service_exists: bool) -> bool:
         else:
             st.pop("nextAttemptTime", None)
             d.create_ranks = missing
+            # The gang's PodGroup first (it may exist already: kept across restarts, or an
+            # operator restarted between the two), so that no pod waits for it.
+            d.create_pod_group = spec.gang != "none"
             if v.attempt == 1 and not any(c["type"] == "Created" for c in st.get("conditions", [])):
                 set_condition(st, "Created", True, "PodsCreated", f"service and {spec.nnodes} pod(s) created", v.now)
                 d.events.append(("Normal", "Created", f"created service {v.job.name} and {len(missing)} pod(s)"))
@@ -531,10 +544,37 @@ def _running(v: _View) -> None:
             v.d.events.append(("Normal", "Running", st["message"]))
             if spec.active_deadline_seconds and v.d.requeue_after is None:
                 v.d.wake(float(spec.active_deadline_seconds))
-    elif v.phase != Phase.PENDING:
-        waiting = v.nnodes - sum(p.up for p in v.current.values())
-        st["phase"] = Phase.PENDING.value
-        st["message"] = f"waiting for {waiting} of {v.nnodes} rank(s) to run (attempt {v.attempt})"
+    else:
+        unschedulable = _unschedulable(v)
+        if unschedulable:
+            st["phase"] = Phase.PENDING.value
+            st["message"] = unschedulable
+        elif v.phase != Phase.PENDING or st.get("message", "").startswith(UNSCHEDULABLE_PREFIXES):
+            waiting = v.nnodes - sum(p.up for p in v.current.values())
+            st["phase"] = Phase.PENDING.value
+            st["message"] = f"waiting for {waiting} of {v.nnodes} rank(s) to run (attempt {v.attempt})"
+
+
+#: Messages of a Pending job that say why it waits, replaced once that no longer holds (the last:
+#: handlers.py's, when the PodGroup's API is not served).
+UNSCHEDULABLE_PREFIXES = ("waiting for the gang:", "waiting for the scheduler:", "cannot create the PodGroup")
+
+
+def _unschedulable(v: _View) -> str | None:
+    """Why the attempt waits, when the scheduler says it cannot place a pod (its PodScheduled=False
+    condition): with a gang scheduler none of the gang binds until all fit, without one the pods
+    that fit hold their node while the rest wait."""
+    waiting = sorted((p for p in v.current.values() if p.unschedulable and not p.node and not p.deleting),
+                     key=lambda p: p.rank)
+    if not waiting:
+        return None
+    scheduled = sum(1 for p in v.current.values() if p.node)
+    why = waiting[0].unschedulable
+    if v.job.spec.gang != "none":
+        return (f"waiting for the gang: {scheduled} of {v.nnodes} pods scheduled (gang {v.job.spec.gang}, all "
+                f"{v.nnodes} or none; attempt {v.attempt}): {why}")
+    return (f"waiting for the scheduler: {scheduled} of {v.nnodes} pods scheduled, {len(waiting)} unschedulable "
+            f"(rank {waiting[0].rank}; attempt {v.attempt}): {why}")
 
 
 def _finish(v: _View, phase: Phase, reason: str, message: str, live: list[PodState]) -> None:

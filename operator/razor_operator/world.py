@@ -90,6 +90,21 @@ class Api:
                 return False
             raise
 
+    def create_pod_group(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create the job's PodGroup (kube.pod_group); one that exists already is fine (409).
+        False when the API server serves no such resource (404: the gang scheduler's API is not
+        installed, or Kubernetes' own not enabled)."""
+        group, version = body["apiVersion"].split("/")
+        try:
+            self.custom.create_namespaced_custom_object(group, version, namespace, kube.POD_GROUP_PLURAL, body,
+                                                        _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if exc.status != 409:
+                raise
+        return True
+
     def create_service(self, namespace: str, body: dict[str, Any]) -> None:
         try:
             self.core.create_namespaced_service(namespace, body, _preload_content=False)

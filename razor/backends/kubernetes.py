@@ -83,8 +83,9 @@ def port_note(job: RazorJob) -> str | None:
 
 def render(job: RazorJob, namespace: str, fmt: str = "yaml", defaults: dict[str, Any] | None = None,
            progress_url: str | None = None) -> str:
-    """The Service and pods the operator would create (attempt 1, before a uid exists), with the
-    cluster's ``defaults`` for the fields the job leaves out and its ``progress_url``."""
+    """The Service, the PodGroup (spec.gang) and the pods the operator would create (attempt 1,
+    before a uid exists), with the cluster's ``defaults`` for the fields the job leaves out and
+    its ``progress_url``."""
     objs = kube.objects(with_defaults(job, defaults or {}), namespace, progress_url=progress_url)
     if fmt == "json":
         return json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2) + "\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from k8s.conftest import namespace  # noqa: F401  (a fixture, reused: it asks for `cluster` below)
+from k8s.conftest import GANG_CRDS, namespace  # noqa: F401  (namespace: a fixture, reused: it asks for `cluster` below)
 from kube_cluster import ROOT, ControlPlane
 
 CHART = ROOT / "charts" / "razor"
@@ -91,7 +91,9 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ControlPlane]:
-    """A running control plane with no CRD: the chart brings it."""
-    with ControlPlane() as cp:
+    """A running control plane without razor's CRD (the chart brings it), with the stand-ins of
+    Volcano's and the coscheduler's PodGroup CRDs (tests/k8s/gang-crds.yaml): ``kubectl auth
+    can-i`` resolves a resource through discovery, and the chart grants create on their podgroups."""
+    with ControlPlane(crds=[GANG_CRDS]) as cp:
         _startup.append(cp.startup_seconds)
         yield cp

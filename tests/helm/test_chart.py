@@ -52,12 +52,17 @@ SA_USER = f"system:serviceaccount:{SYSTEM_NS}:{SA}"
 NAMESPACED = ["watchNamespaces={team-a,team-b}", "metrics.enabled=false"]
 
 # (apiGroup, resource, verb) the operator may use in the namespaces it watches.
+POD_GROUP_GROUPS = ("scheduling.k8s.io", "scheduling.volcano.sh", "scheduling.x-k8s.io")
+POD_GROUP_RULES = {(g, "podgroups", "create") for g in POD_GROUP_GROUPS}
 JOB_RULES = {
     *{("razor.dev", "razorjobs", v) for v in ("get", "list", "watch", "patch", "delete")},
     ("razor.dev", "razorjobs/status", "patch"),
     *{("", "pods", v) for v in ("list", "watch", "create", "delete")},
     ("", "services", "get"), ("", "services", "create"),
     ("", "events", "create"),
+    # spec.gang: the job's PodGroup, created only (the garbage collector deletes it with the
+    # job), in exactly the three groups of the gang schedulers razor supports.
+    *POD_GROUP_RULES,
 }
 # The users' ClusterRoles (rbac.userRoles), aggregated into the built-in admin/edit and view.
 USER_EDIT_RULES = {
@@ -652,6 +657,7 @@ def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
         ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "tokenreviews.authentication.k8s.io", None),            # the pods' progress reports
+        *[("create", f"podgroups.{g}", ns) for g in POD_GROUP_GROUPS],      # spec.gang: the job's PodGroup
     ]
     denied = [
         ("*", "*", None), ("*", "*", ns),                                   # not cluster-admin
@@ -672,6 +678,11 @@ def test_the_service_account_can_do_what_the_operator_needs_and_nothing_more(
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("get", "kopfpeerings.kopf.dev", ns),                               # standalone
+        # The PodGroups grew RBAC by create alone, in their three groups: nothing else of them,
+        # no Workloads, no other scheduling objects.
+        *[(v, f"podgroups.{g}", ns) for g in POD_GROUP_GROUPS for v in ("get", "list", "update", "patch", "delete")],
+        ("create", "workloads.scheduling.k8s.io", ns), ("create", "priorityclasses.scheduling.k8s.io", None),
+        ("create", "queues.scheduling.volcano.sh", None), ("create", "podgroups.scheduling.example.com", ns),
     ]
     check_can_i(cluster, SA_USER, allowed, denied)
 

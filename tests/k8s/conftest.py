@@ -19,12 +19,17 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kube_cluster import ROOT, ControlPlane
 
 CRD_FILE = ROOT / "crds" / "razorjob.yaml"
+#: Stand-ins for Volcano's and the coscheduler's PodGroup CRDs (their group/version/kind and
+#: spec.minMember, nothing more: the real ones are not available here), applied with the RazorJob
+#: CRD before the controller manager starts, so that its garbage collector follows them at once.
+GANG_CRDS = Path(__file__).parent / "gang-crds.yaml"
 #: The node lifecycle controller looks at the nodes every second and takes one whose heartbeats
 #: stopped 5 s ago for lost (50 s by default): there is no kubelet here, only the Node objects of
 #: tests/k8s/test_operator.py and the heartbeats the tests post for them.
@@ -43,7 +48,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ControlPlane]:
     """A running control plane with the RazorJob CRD Established."""
-    with ControlPlane(crds=[CRD_FILE], controller_flags=NODE_MONITOR_FLAGS) as cp:
+    with ControlPlane(crds=[CRD_FILE, GANG_CRDS], controller_flags=NODE_MONITOR_FLAGS) as cp:
         _startup.append(cp.startup_seconds)
         established = cp.kubectl("get", "crd", CRD_NAME, "-o",
                                  "jsonpath={.status.conditions[?(@.type=='Established')].status}")

@@ -87,6 +87,12 @@ watches (a ClusterRole's rules when it watches all, a Role's in each watched nam
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "create"]
+# The job's PodGroup (spec.gang), created once before its pods (it may exist already), deleted
+# with the job by the garbage collector (its ownerReference): Kubernetes' own (native), Volcano's,
+# the scheduler-plugins coscheduler's.
+- apiGroups: ["scheduling.k8s.io", "scheduling.volcano.sh", "scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create"]
 # Events on the jobs (Created, Running, Restarting, ...), posted by kopf.event (core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
